@@ -1,0 +1,172 @@
+"""What people see of a study in optuna-dashboard: architecture artifacts and study figures.
+
+* :func:`attach_architecture` uploads the trial's architecture picture (SVG from
+  :mod:`evo_fpn.draw`) as an Optuna artifact while the trial runs, so the dashboard's trial
+  page shows it next to the user attrs.
+* :func:`refresh_study_figures` stores the study-level plotly figures with
+  ``optuna_dashboard.save_plotly_graph_object`` under fixed ids, so every refresh replaces the
+  previous version; :class:`StudyFiguresCallback` refreshes them as the study grows.
+* :func:`dashboard_command` prints the exact ``optuna-dashboard`` command for a storage,
+  with any password masked.
+
+optuna-dashboard is an optional extra (``pip install evo-fpn[dashboard]``): it is imported
+lazily, and only the figure-saving functions need it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from evo_fpn.cli import UsageError
+from evo_fpn.draw import spec_to_svg
+from evo_fpn.spec import ArchSpec
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
+ARTIFACT_DIR_NAME = "artifacts"
+"""Name of the artifact folder made next to a SQLite storage file."""
+
+FIGURE_IDS: tuple[str, ...] = ("best-so-far-ap", "ap-vs-flops", "unique-architectures", "decision-frequencies")
+"""Graph-object ids under which :func:`refresh_study_figures` stores the study figures."""
+
+
+def default_artifact_dir(storage_url: str) -> Path:
+    """The artifact folder for a storage: ``<folder of the .db>/artifacts`` for SQLite.
+
+    Other storages (PostgreSQL, shared by many machines) have no folder of their own; the
+    default is then ``studies/artifacts`` and every worker and the dashboard must be given
+    the same shared folder with ``--artifact-dir``.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(storage_url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError with a long text
+        raise UsageError(f"cannot parse storage URL {mask_password(storage_url)!r}: {exc}") from None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).resolve().parent / ARTIFACT_DIR_NAME
+    return Path("studies") / ARTIFACT_DIR_NAME
+
+
+def make_artifact_store(artifact_dir: str | Path) -> FileSystemArtifactStore:
+    """A file-system artifact store in ``artifact_dir`` (created if missing)."""
+    path = Path(artifact_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(base_path=str(path))
+
+
+def attach_architecture(
+    trial: optuna.Trial | optuna.trial.FrozenTrial,
+    spec: ArchSpec,
+    artifact_store: ArtifactStore,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> str:
+    """Upload the SVG picture of ``spec`` as an artifact of ``trial``; return the artifact id.
+
+    Call it while the trial runs (optuna only attaches artifacts to a live ``Trial``, or to a
+    ``FrozenTrial`` together with its ``storage``). The file is named after the trial and the
+    canonical hash, so a downloaded picture says what it shows.
+    """
+    if not isinstance(spec, ArchSpec):
+        raise TypeError(f"spec must be an ArchSpec, got {type(spec).__name__}")
+    title = f"trial {trial.number}  ·  {spec.canonical_hash()}"
+    svg = spec_to_svg(spec, title=title)
+    with tempfile.TemporaryDirectory(prefix="evo_fpn_arch_") as tmp:
+        path = Path(tmp) / f"arch-trial{trial.number}-{spec.canonical_hash()}.svg"
+        path.write_text(svg, encoding="utf-8")
+        return upload_artifact(
+            artifact_store=artifact_store,
+            file_path=str(path),
+            study_or_trial=trial,
+            storage=storage,
+            mimetype="image/svg+xml",
+        )
+
+
+def refresh_study_figures(study: optuna.Study) -> list[str]:
+    """Build the study-level figures and save them for optuna-dashboard; return their ids.
+
+    Each figure is stored under a fixed id from :data:`FIGURE_IDS`, so a refresh overwrites
+    the previous one instead of piling up copies. Studies without finished trials get none.
+    """
+    try:
+        from optuna_dashboard import save_plotly_graph_object
+    except ImportError:  # optional extra
+        raise UsageError(
+            "optuna-dashboard is not installed: pip install 'evo-fpn[dashboard]' (or optuna-dashboard)"
+        ) from None
+    from evo_fpn import figures
+
+    data = figures.StudyData.from_study(study)
+    if not data.finished:
+        return []
+    builders = {
+        "best-so-far-ap": lambda: figures.best_so_far_figure([data], x="trial"),
+        "ap-vs-flops": lambda: figures.ap_vs_flops_figure(data),
+        "unique-architectures": lambda: figures.unique_architectures_figure([data]),
+        "decision-frequencies": lambda: figures.decision_frequency_figure(data),
+    }
+    saved = []
+    for graph_id in FIGURE_IDS:
+        fig = builders[graph_id]()
+        if fig is None:
+            continue
+        saved.append(save_plotly_graph_object(study, fig, graph_object_id=graph_id))
+    return saved
+
+
+class StudyFiguresCallback:
+    """``study.optimize`` callback: refresh the dashboard figures every ``every`` trials.
+
+    Counts finished trials in the storage (not in this process), so with many workers the
+    figures are refreshed about every ``every`` trials of the whole study. Refreshing is
+    best effort: a failure is logged and never fails the search.
+    """
+
+    def __init__(self, *, every: int = 10) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.every = every
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+        n = len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=finished))
+        if n == 0 or n % self.every:
+            return
+        try:
+            refresh_study_figures(study)
+        except Exception as exc:  # never let a figure kill a days-long search
+            optuna.logging.get_logger("evo_fpn.report").warning("refreshing study figures failed: %s", exc)
+
+
+def mask_password(storage_url: str) -> str:
+    """``storage_url`` with its password replaced by ``***`` (unchanged when it has none)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(storage_url)
+    except Exception:
+        return storage_url
+    if url.password is None:
+        return storage_url
+    return url.render_as_string(hide_password=True)
+
+
+def dashboard_command(storage_url: str, artifact_dir: str | Path | None) -> str:
+    """The exact shell command that opens ``storage_url`` in optuna-dashboard.
+
+    The password (if any) is masked as ``***``: replace it, or export it in a
+    ``~/.pgpass`` / ``PGPASSWORD`` and drop it from the URL.
+    """
+    parts: list[Any] = ["optuna-dashboard", mask_password(storage_url)]
+    if artifact_dir is not None:
+        parts += ["--artifact-dir", str(artifact_dir)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
