@@ -1,0 +1,204 @@
+"""Trial -> spec -> metrics -> objective value, with re-use of duplicate architectures.
+
+:class:`Objective` is what ``study.optimize`` calls. It asks the search space for a spec,
+records the spec and its canonical hash as user attrs, and either
+
+* re-uses the metrics of an earlier COMPLETE trial of the same study with the same canonical
+  hash (the study's fingerprint guarantees the same proxy task), marked ``cached_from``, or
+* hands the spec to the task (:class:`evo_fpn.proxy.ProxyTask`, or :class:`SyntheticTask`)
+  and returns ``metrics["ap"]``.
+
+:class:`SyntheticTask` is a cheap, deterministic stand-in for the proxy task with the same
+interface (``prepare``/``evaluate``, intermediate reports, pruning, user attrs). It exists for
+tests and benchmarks of the runner's mechanics (workers, kills, resume), where training
+detectors would only add minutes; select it with ``--objective synthetic``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from evo_fpn.space import NasFpnSpace
+from evo_fpn.spec import ArchSpec
+
+try:  # the proxy task's failure type; the synthetic task raises the same one
+    from evo_fpn.proxy import TrialFailed
+except ImportError:  # pragma: no cover - until evo_fpn.proxy lands
+
+    class TrialFailed(RuntimeError):  # type: ignore[no-redef]
+        """A trial that cannot produce a metric (e.g. non-finite loss); the worker goes on."""
+
+
+METRIC_ATTRS: tuple[str, ...] = (
+    "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
+    "neck_params", "total_params", "neck_flops", "total_flops",
+)  # fmt: skip
+"""User attrs copied from the earlier trial when a duplicate architecture is re-used."""
+
+
+class Task(Protocol):
+    def prepare(self) -> None: ...
+
+    def evaluate(self, spec: ArchSpec, trial: optuna.Trial | None = None) -> dict[str, Any]: ...
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, written as the ``worker`` user attr."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class SyntheticTask:
+    """A deterministic function of the architecture that behaves like a training run.
+
+    The value rewards structure a real detector tends to like (attention merges, cells that
+    build on other cells, work at fine levels) plus a fixed per-architecture offset from the
+    canonical hash, so samplers have a landscape to climb and equal networks score equally.
+    ``sleep`` seconds are spent over ``steps`` intermediate reports (pruners see them);
+    ``fail_fraction`` of architectures (chosen by hash) raise :class:`TrialFailed`.
+    """
+
+    SETTINGS = ("sleep", "steps", "noise", "fail_fraction")
+
+    def __init__(self, *, sleep: float = 0.0, steps: int = 3, noise: float = 0.05, fail_fraction: float = 0.0) -> None:
+        if not isinstance(sleep, int | float) or sleep < 0:
+            raise ValueError(f"sleep must be >= 0 seconds, got {sleep!r}")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not 0 <= noise <= 0.5:
+            raise ValueError(f"noise must be in [0, 0.5], got {noise!r}")
+        if not 0 <= fail_fraction < 1:
+            raise ValueError(f"fail_fraction must be in [0, 1), got {fail_fraction!r}")
+        self.sleep, self.steps, self.noise, self.fail_fraction = float(sleep), steps, float(noise), float(fail_fraction)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SyntheticTask:
+        unknown = sorted(set(settings) - set(cls.SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown [synthetic] setting {unknown[0]!r}; known: {', '.join(cls.SETTINGS)}")
+        return cls(**dict(settings))
+
+    def fingerprint(self) -> str:
+        """What changes results (not ``sleep``)."""
+        body = f"synthetic-v1|{self.steps}|{self.noise}|{self.fail_fraction}"
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def prepare(self) -> None:
+        """Nothing to build; present for interface parity with the proxy task."""
+
+    def score(self, spec: ArchSpec) -> float:
+        h = spec.canonical_hash()
+        n = len(spec.cells)
+        n_in = spec.num_inputs
+        attention = sum(c.op == "global_pool" for c in spec.cells) / n
+        deep = sum(sum(x >= n_in for x in c.inputs) for c in spec.cells) / (2 * n)
+        fine = sum(c.level <= spec.min_level + 1 for c in spec.cells) / n
+        offset = int(h[:8], 16) / 0xFFFFFFFF - 0.5
+        raw = 0.15 + 0.12 * attention + 0.15 * deep + 0.06 * fine + 2 * self.noise * offset
+        return float(min(max(raw, 0.0), 1.0))
+
+    def evaluate(self, spec: ArchSpec, trial: optuna.Trial | None = None) -> dict[str, Any]:
+        h = spec.canonical_hash()
+        if self.fail_fraction and int(h[8:16], 16) / 0xFFFFFFFF < self.fail_fraction:
+            raise TrialFailed("synthetic failure (loss became NaN)")
+        ap = self.score(spec)
+        t0 = time.perf_counter()
+        for step in range(self.steps):
+            if self.sleep:
+                time.sleep(self.sleep / self.steps)
+            if trial is not None:
+                trial.report(ap * math.sqrt((step + 1) / self.steps), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step}")
+        metrics: dict[str, Any] = {
+            "ap": ap,
+            "ap50": min(1.0, ap * 1.6),
+            "ap75": ap * 0.9,
+            "ap_small": ap * 0.5,
+            "ap_medium": ap * 1.05,
+            "ap_large": min(1.0, ap * 1.3),
+            "train_seconds": time.perf_counter() - t0,
+            "eval_seconds": 0.0,
+        }
+        if trial is not None:
+            for key, value in metrics.items():
+                trial.set_user_attr(key, value)
+        return metrics
+
+
+class Objective:
+    """``study.optimize`` objective: suggest a spec, re-use a duplicate or evaluate it.
+
+    ``on_start`` runs first thing in every trial (the runner releases its budget lock there,
+    once the trial exists). ``artifact_store``: where the architecture picture is uploaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        space: NasFpnSpace,
+        task: Task,
+        dedup: bool = True,
+        artifact_store: Any | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> None:
+        if not isinstance(space, NasFpnSpace):
+            raise TypeError("space must be a NasFpnSpace")
+        self.space = space
+        self.task = task
+        self.dedup = dedup
+        self.artifact_store = artifact_store
+        self.on_start = on_start
+        self.worker = worker_id()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.on_start is not None:
+            self.on_start()
+        trial.set_user_attr("worker", self.worker)
+        spec = self.space.suggest(trial)
+        spec_hash = spec.canonical_hash()
+        trial.set_user_attr("spec", spec.to_json())
+        trial.set_user_attr("spec_hash", spec_hash)
+        if self.artifact_store is not None:
+            from evo_fpn.report import attach_architecture
+
+            attach_architecture(trial, spec, self.artifact_store)
+        if self.dedup:
+            earlier = find_duplicate(trial.study, spec_hash, trial.number)
+            if earlier is not None:
+                return reuse(trial, earlier)
+        try:
+            metrics = self.task.evaluate(spec, trial)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
+            raise
+        return float(metrics["ap"])
+
+
+def find_duplicate(study: optuna.Study, spec_hash: str, number: int) -> optuna.trial.FrozenTrial | None:
+    """The earliest COMPLETE, non-cached trial of ``study`` with this canonical hash."""
+    done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+    for t in sorted(done, key=lambda t: t.number):
+        if t.number != number and t.user_attrs.get("spec_hash") == spec_hash and "cached_from" not in t.user_attrs:
+            return t
+    return None
+
+
+def reuse(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
+    """Copy ``earlier``'s metrics and learning curve into ``trial``; return its value."""
+    for key in METRIC_ATTRS:
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    trial.set_user_attr("cached_from", earlier.number)
+    for step, value in sorted(earlier.intermediate_values.items()):
+        trial.report(value, step)
+    assert earlier.value is not None
+    return float(earlier.value)

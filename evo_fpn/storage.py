@@ -1,0 +1,315 @@
+"""Where studies live: storage URLs, checks before anything is written, and the budget lock.
+
+* SQLite by default (``studies/NAME.db``, one process); ``EVO_FPN_STORAGE`` or ``--storage``
+  choose another. PostgreSQL (``postgresql+psycopg://user@host/db``) for many workers: the
+  password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both), and is
+  masked wherever a URL is printed (:func:`mask_url`).
+* :func:`check_storage` validates a URL and, for PostgreSQL, connects once, turning driver
+  errors into one line that names the fix. It writes nothing (a SQLite file is not created).
+* :func:`open_storage` builds Optuna's ``RDBStorage`` with small connection pools, heartbeats and
+  ``RetryHeartbeatStaleTrialCallback``, so a killed worker's trial is failed and retried.
+* :class:`BudgetLock` serialises "count finished trials, then ask" across workers (a
+  PostgreSQL advisory lock), which is what makes the study budget exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+
+from evo_fpn.cli import UsageError
+
+ENV_STORAGE = "EVO_FPN_STORAGE"
+DEFAULT_DIR = Path("studies")
+POOL_KWARGS: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
+"""Per worker: the main thread and the heartbeat thread each need a connection; keep it small
+so a hundred workers stay far below PostgreSQL's ``max_connections``."""
+CONNECT_TIMEOUT_S = 10
+
+
+class StorageError(UsageError):
+    """A storage URL that cannot be used; the message names the fix (password masked)."""
+
+
+def default_url(study_name: str) -> str:
+    """``sqlite:///studies/NAME.db`` (relative to the working directory)."""
+    return f"sqlite:///{DEFAULT_DIR / (study_name + '.db')}"
+
+
+def resolve_url(cli_value: str | None, study_name: str) -> str:
+    """``--storage`` beats ``$EVO_FPN_STORAGE`` beats the SQLite default."""
+    for value in (cli_value, os.environ.get(ENV_STORAGE)):
+        if value is not None and value.strip():
+            return value.strip()
+    return default_url(study_name)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (also for URLs SQLAlchemy cannot parse)."""
+    try:
+        parsed = make_url(url)
+        if parsed.password is not None:
+            return parsed.render_as_string(hide_password=True)
+        return url
+    except Exception:  # unparsable: mask a user:password@ part by hand
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from an error text (drivers sometimes echo the DSN)."""
+    try:
+        pw = make_url(url).password
+    except Exception:
+        pw = None
+    text = " ".join(str(text).split())
+    if pw:
+        text = text.replace(str(pw), "***")
+    return text
+
+
+def parse_url(url: str) -> URL:
+    """Parse and normalise a storage URL; only SQLite and PostgreSQL (psycopg 3) are supported.
+
+    ``postgresql://`` and ``postgres://`` are read as ``postgresql+psycopg://`` (psycopg 3 is
+    the driver this project installs).
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise StorageError(
+            f"invalid storage URL {mask_url(url)!r}: use sqlite:///path/to/file.db or "
+            "postgresql+psycopg://USER@HOST:PORT/DBNAME"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise StorageError(
+                "an in-memory SQLite storage cannot be resumed or shared: give a file, e.g. sqlite:///studies/NAME.db"
+            )
+        return parsed
+    if backend in ("postgresql", "postgres"):
+        driver = parsed.get_driver_name()
+        if backend == "postgres" or driver in ("", "psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif driver != "psycopg":
+            raise StorageError(f"PostgreSQL driver {driver!r} is not supported: use postgresql+psycopg://...")
+        if not parsed.database:
+            raise StorageError(f"storage URL {mask_url(url)!r} names no database: add /DBNAME at the end")
+        return parsed
+    raise StorageError(
+        f"unsupported storage {backend!r} in {mask_url(url)!r}: use sqlite:///FILE.db (one process) or "
+        "postgresql+psycopg://USER@HOST:PORT/DBNAME (many workers)"
+    )
+
+
+def normalise_url(url: str) -> str:
+    """The parsed URL as a string with its password (for the storage itself, never printed)."""
+    return parse_url(url).render_as_string(hide_password=False)
+
+
+def is_sqlite(url: str) -> bool:
+    return parse_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = parse_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Engine settings: small pools + pre-ping for PostgreSQL, a busy timeout for SQLite."""
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": 60}}
+    return {**POOL_KWARGS, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+
+
+def check_storage(url: str) -> None:
+    """Refuse unusable storages before anything is written (no SQLite file is created).
+
+    PostgreSQL: one real connection, so an unreachable server, a wrong password or a missing
+    database is reported now, in one line, with its fix.
+    """
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database)
+        if path.exists() and not path.is_file():
+            raise StorageError(f"SQLite storage {path} is not a file: choose another --storage path")
+        parent = path.parent if str(path.parent) else Path(".")
+        existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise StorageError(f"cannot write the SQLite storage {path}: {existing} is not a writable folder")
+        if path.exists():
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise StorageError(f"{path} exists but is not a SQLite database: choose another --storage file")
+        return
+    engine = sqlalchemy.create_engine(
+        parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except ImportError:
+        raise StorageError("PostgreSQL needs psycopg 3: pip install 'evo-fpn[postgres]'") from None
+    except sqlalchemy.exc.OperationalError as exc:
+        raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StorageError(f"cannot use {mask_url(url)}: {_scrub(str(exc), url)}") from None
+    finally:
+        engine.dispose()
+
+
+def explain_pg_error(message: str, url: URL) -> str:
+    """One line naming the problem and the fix for a failed PostgreSQL connection."""
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    shown = url.render_as_string(hide_password=True)
+    msg = _scrub(message, url.render_as_string(hide_password=False))
+    if "password authentication failed" in msg or "no password supplied" in msg:
+        return (
+            f"PostgreSQL at {where} refused user {url.username!r} (wrong or missing password): "
+            "fix the password in the URL, PGPASSWORD or ~/.pgpass"
+        )
+    if "does not exist" in msg and "database" in msg:
+        return (
+            f"PostgreSQL database {url.database!r} does not exist at {where}: create it "
+            f"(createdb -h {url.host or 'localhost'} -p {url.port or 5432} {url.database}) or fix {shown}"
+        )
+    if "role" in msg and "does not exist" in msg:
+        return f"PostgreSQL at {where} has no user {url.username!r}: create it (createuser) or fix {shown}"
+    if any(s in msg for s in ("Connection refused", "could not connect", "timeout expired", "No route", "resolve")):
+        return (
+            f"cannot reach PostgreSQL at {where} ({_short(msg)}): "
+            f"start the server or fix host/port in --storage {shown}"
+        )
+    return f"cannot connect to PostgreSQL at {where}: {_short(msg)} ({shown})"
+
+
+def _short(msg: str) -> str:
+    msg = msg.split("\n")[0]
+    m = re.search(r"failed: (.*)", msg)
+    return (m.group(1) if m else msg)[:200]
+
+
+def open_storage(
+    url: str, *, heartbeat_interval: int, grace_period: int, max_retry: int | None
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with small pools, heartbeats and retry of stale trials.
+
+    Call only after :func:`check_storage` (this creates the SQLite file / the tables).
+    """
+    parsed = parse_url(url)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = optuna.storages.RDBStorage(
+            parsed.render_as_string(hide_password=False),
+            engine_kwargs=engine_kwargs(url),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+    except sqlalchemy.exc.OperationalError as exc:
+        raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
+    if path is not None:
+        # Every suggest is a commit: WAL + synchronous=NORMAL makes them cheap (safe against a
+        # crashed process, not a crashed OS) and lets optuna-dashboard read while we write.
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()
+    return storage
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def study_exists(url: str, study_name: str) -> bool:
+    """Whether the storage holds ``study_name``, without creating anything."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return False
+    parsed = parse_url(url)
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if not sqlalchemy.inspect(conn).has_table("studies"):
+                return False
+            row = conn.execute(
+                sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": study_name}
+            ).first()
+            return row is not None
+    finally:
+        engine.dispose()
+
+
+class BudgetLock:
+    """Mutual exclusion of "count the finished trials, then ask a new one" across workers.
+
+    PostgreSQL: a session-level advisory lock keyed by the study name, on a connection of
+    its own (a SIGKILLed worker's lock dies with its connection). SQLite (one process): a
+    plain thread lock. Re-entrant release is a no-op, so the objective may release early.
+    """
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self._key = int.from_bytes(hashlib.sha256(f"evo_fpn:{study_name}".encode()).digest()[:8], "big", signed=True)
+        self._thread_lock = threading.Lock()
+        self._held = False
+        self._engine = None
+        self._conn = None
+        if not is_sqlite(url):
+            self._engine = sqlalchemy.create_engine(
+                parse_url(url), poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+            )
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._engine is not None:
+                if self._conn is None or self._conn.closed or self._conn.invalidated:
+                    self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        try:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                except sqlalchemy.exc.SQLAlchemyError:
+                    # The connection died, and the server dropped the lock with it.
+                    self._conn = None
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __enter__(self) -> BudgetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
