@@ -6,5 +6,7 @@ constraints between categorical choices may pass a :class:`ChoiceConstraints` ho
 
 from evo_fpn.samplers.constraints import ChoiceConstraints
 from evo_fpn.samplers.evolution import AgingEvolutionSampler
+from evo_fpn.samplers.registry import SAMPLER_NAMES, make_sampler
+from evo_fpn.samplers.rl import RLControllerSampler
 
-__all__ = ["AgingEvolutionSampler", "ChoiceConstraints"]
+__all__ = ["AgingEvolutionSampler", "ChoiceConstraints", "RLControllerSampler", "SAMPLER_NAMES", "make_sampler"]
