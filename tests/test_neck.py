@@ -7,6 +7,8 @@ from functools import partial
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models._utils import IntermediateLayerGetter
@@ -24,6 +26,7 @@ from evo_fpn.neck import (
     global_pool_merge,
     resample,
 )
+from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec, Cell, make_spec
 
 IN = (16, 24, 32)  # small C3..C5 channels for fast tests
@@ -337,3 +340,22 @@ def test_cost_grows_with_width_repeats_and_image_size():
     assert tv["neck_params"] == count_params(build_neck("torchvision_fpn", BACKBONE_CHANNELS["resnet50"], 256, 1))
     with pytest.raises(ValueError, match="unknown backbone"):
         neck_cost(PUBLISHED_NASFPN, "vgg", 64, 1, 64)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_random_specs_and_their_equal_hash_variants_compute_the_same(data):
+    """Any decoded spec builds and runs; swapping inputs the hash ignores keeps the outputs."""
+    space = NasFpnSpace()
+    params = {n: data.draw(st.sampled_from(d.choices), label=n) for n, d in space.distributions.items()}
+    spec = space.decode(params)
+    cells = list(spec.cells)
+    for k, c in enumerate(cells):
+        la, lb = (spec.node_level(x) for x in c.inputs)
+        if c.op == "sum" or la != lb:
+            cells[k] = Cell(c.level, c.op, (c.inputs[1], c.inputs[0]), c.is_output)
+    variant = ArchSpec(tuple(cells)).validate()
+    assert variant.canonical_hash() == spec.canonical_hash()
+    torch.manual_seed(0)
+    a, b = build_neck(spec, (4, 4, 4), 4, 1), build_neck(variant, (4, 4, 4), 4, 1)
+    assert _same_outputs(a, b, features(37, 29, in_channels=(4, 4, 4)))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, REFERENCE_SPECS, ArchSpec, Cell, SpecError, make_spec
 
 PUBLISHED_CELLS = [
@@ -198,3 +201,36 @@ def test_table_names_inputs_and_unused_features():
     assert table[2].split() == ["cell0", "P4", "global_pool", "P4", "P6"]
     assert table[6].split() == ["cell4", "P5", "global_pool", "cell2", "cell3", "yes", "P5"]
     assert table[7].split() == ["cell5", "P7", "global_pool", "cell1", "cell4", "yes", "P7"]
+
+
+def test_published_hash_is_pinned():
+    """The hash is stored with trials: it must not change between versions."""
+    assert PUBLISHED_NASFPN.canonical_hash() == "d14fd78e022cc75b"
+    assert FPN_LIKE.canonical_hash() == "220bd67dd06febc0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_hash_invariances_hold_for_random_specs(data):
+    space = NasFpnSpace()
+    params = {n: data.draw(st.sampled_from(d.choices), label=n) for n, d in space.distributions.items()}
+    spec = space.decode(params)
+    cells = list(spec.cells)
+    for k, c in enumerate(cells):
+        la, lb = (spec.node_level(x) for x in c.inputs)
+        if (c.op == "sum" or la != lb) and data.draw(st.booleans(), label=f"swap cell{k}"):
+            cells[k] = Cell(c.level, c.op, (c.inputs[1], c.inputs[0]), c.is_output)
+    variant = ArchSpec(tuple(cells)).validate()
+    assert variant.canonical_hash() == spec.canonical_hash()
+    assert variant.canonical() == spec.canonical()
+    canon = spec.canonical().validate()
+    assert canon.canonical_hash() == spec.canonical_hash() and canon.canonical() == canon
+    if 5 not in spec.cells[1].inputs:  # the two intermediate cells are independent: swap their order
+        remap = {5: 6, 6: 5}
+        moved = [variant.cells[1], variant.cells[0], *variant.cells[2:]]
+        moved = [Cell(c.level, c.op, tuple(remap.get(x, x) for x in c.inputs), c.is_output) for c in moved]
+        reordered = ArchSpec(tuple(moved)).validate()
+        assert reordered.canonical_hash() == spec.canonical_hash()
+        if len(set(spec._node_keys())) == len(spec._node_keys()):
+            # (with two structurally identical cells, canonical() may pick either of them)
+            assert reordered.canonical() == spec.canonical()
