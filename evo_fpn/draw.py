@@ -100,11 +100,9 @@ def spec_to_svg(spec: ArchSpec, title: str = "") -> str:
     for k, cell in enumerate(spec.cells):
         target = n_in + k
         for src in cell.inputs:
-            out.append(_edge(node_xy(src), node_xy(target), dashed=False, note=f"{spec.node_name(src)} -> cell{k}"))
+            out.append(_edge(node_xy(src), node_xy(target), dashed=False, ends=(src, target), spec=spec))
         for src in extras[k]:
-            out.append(
-                _edge(node_xy(src), node_xy(target), dashed=True, note=f"unused {spec.node_name(src)} -> cell{k}")
-            )
+            out.append(_edge(node_xy(src), node_xy(target), dashed=True, ends=(src, target), spec=spec))
     out.append("</g>")
 
     # Input nodes.
@@ -112,7 +110,7 @@ def spec_to_svg(spec: ArchSpec, title: str = "") -> str:
         x, y = node_xy(idx)
         level = spec.node_level(idx)
         out.append(
-            f"<g><title>input P{level} (stride {2**level})</title>"
+            f'<g class="input" data-level="{level}"><title>input P{level} (stride {2**level})</title>'
             f'<rect x="{_fmt(x - _NODE_W / 2)}" y="{_fmt(y - _NODE_H / 2)}" width="{_NODE_W}" height="{_NODE_H}" '
             f'rx="4" fill="#f4f4f4" stroke="{_colour(spec, level)}" stroke-width="1.5"/>'
             f'<text x="{_fmt(x)}" y="{_fmt(y + 4)}" text-anchor="middle">P{level}</text></g>'
@@ -131,7 +129,8 @@ def spec_to_svg(spec: ArchSpec, title: str = "") -> str:
         if cell.is_output:
             tip += f" (output P{cell.level})"
         out.append(
-            f"<g><title>{escape(tip)}</title>"
+            f'<g class="cell" data-cell="{k}" data-level="{cell.level}" data-op="{cell.op}" '
+            f'data-output="{int(cell.is_output)}"><title>{escape(tip)}</title>'
             f'<rect x="{_fmt(x - _NODE_W / 2)}" y="{_fmt(y - _NODE_H / 2)}" width="{_NODE_W}" height="{_NODE_H}" '
             f'rx="{_NODE_H / 2:.0f}" fill="{fill}" stroke="{colour if not cell.is_output else "#111"}" '
             f'stroke-width="{stroke_w}"/>'
@@ -155,7 +154,9 @@ def spec_to_svg(spec: ArchSpec, title: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def _edge(a: tuple[float, float], b: tuple[float, float], *, dashed: bool, note: str) -> str:
+def _edge(
+    a: tuple[float, float], b: tuple[float, float], *, dashed: bool, ends: tuple[int, int], spec: ArchSpec
+) -> str:
     """A cubic arrow from the right side of node ``a`` to the left side of node ``b``.
 
     Long hops along a row bow upwards so they do not run through the nodes in between.
@@ -170,5 +171,10 @@ def _edge(a: tuple[float, float], b: tuple[float, float], *, dashed: bool, note:
         f"M{_fmt(sx)},{_fmt(sy)} C{_fmt(sx + dx)},{_fmt(sy - lift * 1.3)} "
         f"{_fmt(ex - dx)},{_fmt(ey - lift * 1.3)} {_fmt(ex)},{_fmt(ey)}"
     )
-    dash = ' stroke-dasharray="5,4" stroke="#999"' if dashed else ""
-    return f'<path d="{d}"{dash} marker-end="url(#arrow)"><title>{escape(note)}</title></path>'
+    src, dst = (spec.node_name(i) for i in ends)
+    note = f"{'unused ' if dashed else ''}{src} -> {dst}"
+    dash = ' class="edge unused" stroke-dasharray="5,4" stroke="#999"' if dashed else ' class="edge"'
+    return (
+        f'<path{dash} data-from="{ends[0]}" data-to="{ends[1]}" d="{d}" marker-end="url(#arrow)">'
+        f"<title>{escape(note)}</title></path>"
+    )

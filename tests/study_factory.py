@@ -9,8 +9,14 @@ jitter), so a study of 40 trials takes a few seconds instead of hours of trainin
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
+import shutil
+import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -40,18 +46,19 @@ def synthetic_ap(spec: ArchSpec, number: int) -> float:
 
 
 def _sampler(name: str, seed: int, space: NasFpnSpace) -> tuple[optuna.samplers.BaseSampler, str]:
+    """The project's sampler ``name`` (small population for evolution); the name says what ran."""
+    settings = {"population_size": 8, "sample_size": 3} if name == "evolution" else {}
     try:
         from evo_fpn.samplers import make_sampler
-    except ImportError:
-        make_sampler = None
-    if make_sampler is not None:
-        settings = {"population_size": 8, "sample_size": 3} if name == "evolution" else {}
-        try:
-            return make_sampler(name, seed=seed, constraints=space, **settings), name
-        except TypeError:
-            return make_sampler(name, seed=seed, constraints=space), name
-    # Samplers not landed yet: the recorded sampler name says what really ran.
-    return optuna.samplers.RandomSampler(seed=seed), "random"
+    except ImportError:  # make_sampler not landed yet: build the two we can
+        if name == "evolution":
+            from evo_fpn.samplers import AgingEvolutionSampler
+
+            return AgingEvolutionSampler(seed=seed, constraints=space, **settings), name
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed), name
+        raise
+    return make_sampler(name, seed=seed, constraints=space, **settings), name
 
 
 def make_study(
@@ -62,9 +69,11 @@ def make_study(
     seed: int = 0,
     n_trials: int = 30,
     artifact_dir: str | Path | None = None,
-    enqueue_published: bool = False,
+    enqueue: Sequence[ArchSpec] = (),
 ) -> optuna.Study:
     """Run a small search into ``storage`` and return the study.
+
+    ``enqueue`` lists specs evaluated first (enqueue one twice to get a duplicate).
 
     Trials report two intermediate APs, a percentile pruner prunes the bottom quarter at the second, duplicates of an
     architecture already evaluated are answered from the cache (``cached_from``), and when
@@ -82,10 +91,8 @@ def make_study(
     study.set_user_attr("sampler", sampler_used)
     study.set_user_attr("seed", seed)
     study.set_user_attr("objective", "synthetic (tests/study_factory.py)")
-    if enqueue_published:
-        from evo_fpn.spec import PUBLISHED_NASFPN
-
-        study.enqueue_trial(space.encode(PUBLISHED_NASFPN))
+    for spec in enqueue:
+        study.enqueue_trial(space.encode(spec))
     store = make_artifact_store(artifact_dir) if artifact_dir is not None else None
     seen: dict[str, tuple[int, float]] = {}
 
@@ -122,3 +129,49 @@ def make_study(
 
     study.optimize(objective, n_trials=n_trials)
     return study
+
+
+def _scratch_dir() -> Path:
+    """A temporary folder, in RAM when possible: SQLite commits on disk cost ~10 ms each."""
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    path = Path(tempfile.mkdtemp(prefix="evo_fpn_studies_", dir=base))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@dataclass(frozen=True)
+class SharedStudies:
+    """Four small studies in one SQLite file: evolution and random search, two seeds each."""
+
+    storage: str
+    artifact_dir: Path
+    evolution: tuple[str, ...]
+    random: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.evolution + self.random
+
+    def load(self, name: str) -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=self.storage)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_studies() -> SharedStudies:
+    """Made once per test process (a few seconds) and shared by the dashboard tests.
+
+    ``evo-0`` evaluates the published NAS-FPN twice first, so it holds a duplicate
+    (``cached_from``); every study uploads its architecture artifacts.
+    """
+    from evo_fpn.spec import PUBLISHED_NASFPN
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = _scratch_dir()
+    storage = f"sqlite:///{root / 'studies.db'}"
+    artifacts = root / "artifacts"
+    for seed in (0, 1):
+        enqueue = (PUBLISHED_NASFPN, PUBLISHED_NASFPN) if seed == 0 else ()
+        make_study(storage, f"evo-{seed}", sampler="evolution", seed=seed, n_trials=24, artifact_dir=artifacts,
+                   enqueue=enqueue)  # fmt: skip
+        make_study(storage, f"random-{seed}", sampler="random", seed=seed, n_trials=16, artifact_dir=artifacts)
+    return SharedStudies(storage, artifacts, ("evo-0", "evo-1"), ("random-0", "random-1"))

@@ -1,0 +1,199 @@
+"""Every figure, built from real small studies made by the project (tests/study_factory.py).
+
+Each test recomputes what the figure should show straight from the Optuna trials and
+compares it with the numbers inside the plotly figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from study_factory import shared_studies
+
+from evo_fpn import figures
+from evo_fpn.figures import StudyData
+from evo_fpn.spec import OPS
+
+
+@pytest.fixture(scope="module")
+def studies():
+    return shared_studies()
+
+
+@pytest.fixture(scope="module")
+def evo(studies) -> StudyData:
+    return StudyData.from_study(studies.load("evo-0"))
+
+
+def _complete_ap(study: optuna.Study) -> dict[int, float]:
+    return {t.number: t.user_attrs["ap"] for t in study.trials if t.state == TrialState.COMPLETE}
+
+
+def test_study_data_reads_the_study(studies, evo: StudyData) -> None:
+    study = studies.load("evo-0")
+    assert [t.number for t in evo.trials] == [t.number for t in study.trials]
+    assert evo.sampler == "evolution" and evo.seed == 0
+    assert {t.number: t.ap for t in evo.complete} == _complete_ap(study)
+    # the spec attr and the params give the same architecture
+    t = evo.trials[5]
+    assert evo.spec(t).canonical_hash() == t.user_attrs["spec_hash"]
+
+
+def test_best_so_far_by_trial_excludes_pruned(studies) -> None:
+    for name in studies.names:
+        study = studies.load(name)
+        xs, ys = figures.best_so_far_by_trial(StudyData.from_study(study))
+        aps = _complete_ap(study)
+        for n, y in zip(xs, ys, strict=True):
+            seen = [ap for k, ap in aps.items() if k <= n]
+            assert (math.isnan(y) and not seen) or y == max(seen)
+    # A pruned trial with a high early value must not lift the curve.
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.30, user_attrs={"ap": 0.30}))
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED, value=0.9, intermediate_values={0: 0.9})
+    study.add_trial(pruned)
+    study.add_trial(optuna.trial.create_trial(value=0.35, user_attrs={"ap": 0.35}))
+    _, ys = figures.best_so_far_by_trial(StudyData.from_study(study))
+    assert list(ys) == [0.30, 0.30, 0.35]
+
+
+def test_best_so_far_by_time_is_in_completion_order(studies) -> None:
+    study = studies.load("random-1")
+    hours, best = figures.best_so_far_by_time(StudyData.from_study(study))
+    done = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.datetime_complete)
+    t0 = min(t.datetime_start for t in study.trials)
+    assert np.allclose(hours, [(t.datetime_complete - t0).total_seconds() / 3600 for t in done])
+    assert list(best) == list(np.maximum.accumulate([t.value for t in done]))
+
+
+def test_grouped_curves_mean_and_band_over_seeds(studies) -> None:
+    datas = [StudyData.from_study(studies.load(n)) for n in studies.names]
+    fig = figures.best_so_far_figure(datas, x="trial", group=True)
+    means = {t.legendgroup: t for t in fig.data if t.mode == "lines"}
+    bands = {t.legendgroup: t for t in fig.data if t.fill == "toself"}
+    assert set(means) == set(bands) == {"evolution", "random"}
+    assert means["evolution"].name == "evolution (n=2)"
+    for sampler, names in (("evolution", studies.evolution), ("random", studies.random)):
+        curves = [figures.best_so_far_by_trial(StudyData.from_study(studies.load(n)))[1] for n in names]
+        n = min(len(c) for c in curves)
+        stack = np.vstack([c[:n] for c in curves])
+        x = np.asarray(means[sampler].x, dtype=int)
+        with np.errstate(all="ignore"):
+            want = np.nanmean(stack, axis=0)[x]
+        assert np.allclose(np.asarray(means[sampler].y, dtype=float), want)
+        band_y = np.asarray(bands[sampler].y, dtype=float)
+        hi, lo = band_y[: len(x)], band_y[len(x) :][::-1]
+        assert np.all(lo <= np.asarray(means[sampler].y) + 1e-12)
+        assert np.all(np.asarray(means[sampler].y) <= hi + 1e-12)
+        assert np.allclose(hi, np.nanmax(stack, axis=0)[x])
+    time_fig = figures.best_so_far_figure(datas, x="time", group=True)
+    assert {t.legendgroup for t in time_fig.data if t.mode == "lines"} == {"evolution", "random"}
+    assert "seconds" in time_fig.layout.xaxis.title.text  # a few-second study gets a seconds axis
+
+
+def test_pareto_front() -> None:
+    pts = [(1.0, 0.30, 0), (2.0, 0.25, 1), (2.0, 0.40, 2), (3.0, 0.40, 3), (4.0, 0.50, 4), (0.5, 0.10, 5)]
+    assert figures.pareto_front(pts) == [(0.5, 0.10, 5), (1.0, 0.30, 0), (2.0, 0.40, 2), (4.0, 0.50, 4)]
+
+
+def test_ap_vs_flops_marks_the_front_and_pruned(studies) -> None:
+    name = next(n for n in studies.names if any(t.state == TrialState.PRUNED for t in studies.load(n).trials))
+    study = studies.load(name)
+    fig = figures.ap_vs_flops_figure(StudyData.from_study(study))
+    traces = {t.name.split(" (")[0]: t for t in fig.data}
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert sorted(traces["complete"].y) == sorted(t.value for t in complete)
+    assert sorted(traces["pruned"].y) == sorted(t.value for t in pruned)
+    front = list(zip(traces["Pareto front"].x, traces["Pareto front"].y, strict=True))
+    points = [(t.user_attrs["neck_flops"] / 1e9, t.value) for t in complete]
+    for fx, fy in front:  # no complete trial dominates a front point
+        assert not any((x <= fx and y > fy) or (x < fx and y >= fy) for x, y in points)
+    for x, y in points:  # every complete trial is on or behind the front
+        assert any(fx <= x and fy >= y for fx, fy in front)
+
+
+def test_unique_architectures_counts_canonical_hashes(studies) -> None:
+    study = studies.load("evo-0")
+    fig = figures.unique_architectures_figure([StudyData.from_study(study)])
+    curve = fig.data[0]
+    hashes = [t.user_attrs["spec_hash"] for t in study.trials]
+    assert list(curve.y) == [len(set(hashes[: i + 1])) for i in range(len(hashes))]
+    assert curve.y[1] == 1, "trial 1 repeats the published spec of trial 0"
+    assert study.trials[1].user_attrs["cached_from"] == 0
+
+
+def test_decision_frequencies_are_shares_per_window(studies, evo: StudyData) -> None:
+    fig = figures.decision_frequency_figure(evo, windows=4)
+    study = studies.load("evo-0")
+    names = list(study.trials[0].params)
+    assert len(fig.data) == 1 + len(names)
+    assert [t.visible for t in fig.data].count(True) == 1
+    assert len(fig.layout.updatemenus[0].buttons) == len(fig.data)
+    ops = fig.data[0]
+    assert set(ops.y) <= set(OPS)
+    for trace in fig.data:
+        z = np.array(trace.z, dtype=float)
+        assert z.shape == (len(trace.y), 4)
+        assert np.allclose(z.sum(axis=0), 1.0)
+    # check one decision against a direct count
+    trace = next(t for t in fig.data if t.name == "cell3.op")
+    first = [t.params["cell3.op"] for t in study.trials[:6]]
+    for choice, row in zip(trace.y, trace.z, strict=True):
+        assert row[0] == pytest.approx(first.count(choice) / len(first))
+
+
+def _svgs(fragment: str) -> list[ET.Element]:
+    uris = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', fragment)
+    return [ET.fromstring(base64.b64decode(u)) for u in uris]
+
+
+def test_best_architectures_side_by_side(studies, evo: StudyData) -> None:
+    html = figures.best_architectures_html(evo, k=3)
+    shown = [int(n) for n in re.findall(r'data-trial="(\d+)"', html)]
+    study = studies.load("evo-0")
+    ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    distinct, seen = [], set()
+    for t in ranked:
+        if t.user_attrs["spec_hash"] not in seen:
+            seen.add(t.user_attrs["spec_hash"])
+            distinct.append(t.number)
+    assert shown == distinct[:3]
+    assert len(_svgs(html)) == 3
+    assert f"AP {study.best_value:.4f}" in html
+
+
+def test_lineage_follows_parent_trial(studies, evo: StudyData) -> None:
+    study = studies.load("evo-0")
+    chain = figures.lineage(evo)
+    assert chain[-1].number == evo.best(1)[0].number
+    by_number = {t.number: t for t in study.trials}
+    for parent, child in zip(chain, chain[1:], strict=False):
+        assert by_number[child.number].user_attrs["parent_trial"] == parent.number
+    assert "parent_trial" not in by_number[chain[0].number].user_attrs
+    assert len(chain) >= 3, "24 trials of evolution with a population of 8 build a lineage"
+    fig = figures.lineage_figure(evo)
+    assert [int(s.lstrip("#")) for s in fig.layout.xaxis.ticktext] == [t.number for t in chain]
+    assert list(fig.data[0].y) == [by_number[t.number].value for t in chain]
+    table = figures.lineage_html(evo)
+    assert by_number[chain[-1].number].user_attrs["mutation"].split(":")[0] in table
+    assert len(_svgs(table)) == len(chain)
+
+
+def test_lineage_absent_for_random_search(studies) -> None:
+    data = StudyData.from_study(studies.load("random-0"))
+    assert figures.lineage_figure(data) is None and figures.lineage_html(data) == ""
+
+
+def test_sampler_name_from_recorded_config() -> None:
+    assert figures.sampler_name({"sampler": "rl"}) == "rl"
+    assert figures.sampler_name({"config": {"sampler": {"name": "tpe", "seed": 3}}}) == "tpe"
+    assert figures.sampler_name({"config": '{"sampler": "nsga2"}'}) == "nsga2"
+    assert figures.sampler_name({}) == "unknown"
