@@ -206,8 +206,7 @@ class AgingEvolutionSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         with self._lock:
-            if "fixed_params" in trial.system_attrs:
-                self._write_lineage(study, trial, {"origin": "enqueued"}, None, "enqueued")
+            if "fixed_params" in trial.system_attrs:  # labelled in before_trial
                 return {}
             names, space = ordered_space(search_space, self._constraints)
             trials = self._sync(study, tuple(sorted(names)))
@@ -274,6 +273,8 @@ class AgingEvolutionSampler(BaseSampler):
             return sample_uniform(param_distribution, rng, choices)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        if "fixed_params" in trial.system_attrs:  # enqueued: may never reach sample_relative
+            self._write_lineage(study, trial, {"origin": "enqueued"}, None, "enqueued")
         if self._independent_sampler is not None:
             self._independent_sampler.before_trial(study, trial)
 

@@ -13,7 +13,6 @@ from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESample
 
 from evo_fpn.samplers.constraints import ChoiceConstraints
 from evo_fpn.samplers.evolution import AgingEvolutionSampler
-from evo_fpn.samplers.rl import RLControllerSampler
 
 SAMPLER_NAMES: tuple[str, ...] = ("evolution", "rl", "random", "tpe", "nsga2")
 
@@ -45,6 +44,8 @@ def make_sampler(
     if name == "evolution":
         cls, kwargs = AgingEvolutionSampler, {"constraints": constraints}
     elif name == "rl":
+        from evo_fpn.samplers.rl import RLControllerSampler  # torch only when asked for
+
         cls, kwargs = RLControllerSampler, {"constraints": constraints}
     elif name == "random":
         cls, kwargs = RandomSampler, {}

@@ -1,0 +1,273 @@
+"""AgingEvolutionSampler: population and tournament rules, mutation, constraints, lineage, resume."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+from samplers_worker import fast_dir, toy_value
+
+from evo_fpn.samplers import AgingEvolutionSampler
+from evo_fpn.samplers.evolution import LINEAGE_KEY, _pareto_ranks
+from evo_fpn.space import NasFpnSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = NasFpnSpace()
+WORKER = str(Path(__file__).with_name("samplers_worker.py"))
+
+
+def nas_objective(trial: optuna.Trial) -> float:
+    SPACE.suggest(trial)
+    return toy_value(trial.params)
+
+
+def run_nas(n: int, seed: int = 0, direction: str = "maximize", **kw) -> optuna.Study:
+    sampler = AgingEvolutionSampler(seed=seed, constraints=SPACE, **kw)
+    study = optuna.create_study(sampler=sampler, direction=direction)
+    study.optimize(nas_objective, n_trials=n)
+    return study
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    yield from fast_dir(tmp_path)
+
+
+def lineage(t: optuna.trial.FrozenTrial) -> dict:
+    return t.system_attrs[LINEAGE_KEY]
+
+
+def assert_valid_nas(params: dict) -> None:
+    """Valid without repair: distinct inputs, output levels a permutation, decode/encode round trip."""
+    for k in range(7):
+        assert params[f"cell{k}.input_i"] != params[f"cell{k}.input_j"]
+    levels = [params[f"cell{k}.level"] for k in range(2, 7)]
+    assert sorted(levels) == ["P3", "P4", "P5", "P6", "P7"]
+    assert SPACE.encode(SPACE.decode(params)) == params
+
+
+def test_warmup_then_tournament_over_most_recent_population() -> None:
+    P, S = 10, 3
+    study = run_nas(70, population_size=P, sample_size=S)
+    trials = study.trials
+    for t in trials[:P]:
+        assert lineage(t)["origin"] == "random"
+        assert "parent_trial" not in t.user_attrs and t.user_attrs["mutation"] == "random"
+    for t in trials[P:]:
+        rec = lineage(t)
+        assert rec["origin"] in ("mutation", "identity")
+        members = rec["tournament"]
+        assert len(members) == S
+        # sequential run: the population is exactly the P trials finished last; the oldest left
+        assert all(t.number - P <= m < t.number for m in members), (t.number, members)
+        best = max(members, key=lambda m: trials[m].value)
+        assert trials[rec["parent"]].value == trials[best].value
+        assert rec["parent"] == members[[trials[m].value for m in members].index(trials[best].value)]
+
+
+def test_tournament_draws_with_replacement() -> None:
+    # S > P is only possible with replacement: every tournament must repeat a member
+    study = run_nas(30, population_size=4, sample_size=6)
+    for t in study.trials[4:]:
+        members = lineage(t)["tournament"]
+        assert len(members) == 6 and len(set(members)) <= 4
+
+
+def test_population_is_completion_order_not_trial_number() -> None:
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": CategoricalDistribution(["a", "b", "c", "d"]), "y": IntDistribution(0, 9)}
+    base = datetime.datetime(2026, 1, 1)
+    for i in range(6):  # trial 0 finishes last, trial 5 first
+        t = create_trial(value=float(i), params={"x": "abcd"[i % 4], "y": i}, distributions=dist)
+        t.datetime_start = base
+        t.datetime_complete = base + datetime.timedelta(seconds=10 - i)
+        study.add_trial(t)
+    study.sampler = AgingEvolutionSampler(population_size=3, sample_size=2, seed=1, mutation_prob_identity=0.0)
+    for _ in range(20):
+        trial = study.ask(dist)
+        members = lineage(study.trials[trial.number])["tournament"]
+        assert set(members) <= {0, 1, 2}, members  # the three most recently *completed*
+
+
+def test_pruned_rank_below_complete_failed_excluded_running_never_waited() -> None:
+    study = optuna.create_study(direction="minimize")
+    dist = {"x": IntDistribution(0, 100)}
+    study.add_trial(create_trial(value=5.0, params={"x": 5}, distributions=dist))
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0}, distributions=dist))
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, params={"x": 1}, distributions=dist, intermediate_values={0: -100.0})
+    )
+    study.add_trial(create_trial(value=7.0, params={"x": 7}, distributions=dist))
+    study.sampler = AgingEvolutionSampler(population_size=3, sample_size=2, seed=3, mutation_prob_identity=0.0)
+    parents = []
+    for _ in range(60):  # asked, never told: RUNNING trials never join nor block the population
+        trial = study.ask(dist)
+        rec = lineage(study.trials[trial.number])
+        assert rec["origin"] == "mutation" and rec["finished"] == 3
+        members = set(rec["tournament"])
+        assert 1 not in members  # FAIL is not a member
+        assert members <= {0, 2, 3}
+        complete = members & {0, 3}
+        expected = min(complete, key=lambda m: study.trials[m].value) if complete else 2
+        assert rec["parent"] == expected  # PRUNED only wins an all-pruned tournament
+        parents.append(rec["parent"])
+    assert {0, 2, 3} <= set(parents)  # every rule was exercised
+
+
+def test_one_mutation_per_child_inside_nas_constraints() -> None:
+    study = run_nas(160, seed=4, population_size=20, sample_size=5)
+    trials = study.trials
+    n_repairs = n_mut = 0
+    for t in trials:
+        assert_valid_nas(t.params)
+        rec = lineage(t)
+        if rec["origin"] == "identity":
+            assert t.params == trials[rec["parent"]].params
+        if rec["origin"] != "mutation":
+            continue
+        n_mut += 1
+        parent = trials[rec["parent"]].params
+        changed = {k for k in t.params if t.params[k] != parent[k]}
+        repaired = {r[0] for r in rec["repairs"]}
+        assert changed == {rec["param"]} | repaired
+        assert parent[rec["param"]] == rec["old"] and t.params[rec["param"]] == rec["new"]
+        for name, old, new in rec["repairs"]:
+            assert parent[name] == old and t.params[name] == new
+            assert new == rec["old"]  # a swap: the repaired decision takes the freed value
+        n_repairs += bool(repaired)
+        assert t.user_attrs["parent_trial"] == rec["parent"]
+        assert t.user_attrs["mutation"].startswith(f"{rec['param']}: {rec['old']} -> {rec['new']}")
+    assert n_mut > 100 and n_repairs > 5
+
+
+def test_seeded_runs_reproducible_and_seeds_differ() -> None:
+    a = [t.params for t in run_nas(40, seed=7, population_size=10, sample_size=3).trials]
+    b = [t.params for t in run_nas(40, seed=7, population_size=10, sample_size=3).trials]
+    c = [t.params for t in run_nas(40, seed=8, population_size=10, sample_size=3).trials]
+    assert a == b and a != c
+
+
+def test_dedup_remutates_children_equal_to_evaluated_trials() -> None:
+    dist = {"x": CategoricalDistribution(["a", "b", "c"]), "y": CategoricalDistribution([0, 1])}
+    study = optuna.create_study(direction="maximize")
+    # parent (a, 0) is best; its neighbours (b,0), (c,0) are evaluated, (a,1) is not
+    for x, y, v in [("a", 0, 10.0), ("b", 0, 1.0), ("c", 0, 2.0)]:
+        study.add_trial(create_trial(value=v, params={"x": x, "y": y}, distributions=dist))
+    study.sampler = AgingEvolutionSampler(
+        population_size=3, sample_size=3, seed=0, mutation_prob_identity=0.0, max_dedup_tries=60
+    )
+    first = study.ask(dist)
+    assert first.params == {"x": "a", "y": 1}  # the only unevaluated neighbour
+    # while ``first`` runs it counts as evaluated: no free neighbour is left, so the
+    # child is kept after exactly max_dedup_tries re-mutations, and says so
+    second = study.ask(dist)
+    assert lineage(study.trials[second.number])["dedup_retries"] == 60
+    study.tell(first, state=TrialState.FAIL)  # a FAIL still counts as evaluated
+    study.tell(second, state=TrialState.FAIL)
+    third = study.ask(dist)
+    assert lineage(study.trials[third.number])["dedup_retries"] == 60
+    # without dedup the same situation yields duplicates right away
+    study.sampler = AgingEvolutionSampler(population_size=3, sample_size=3, seed=0, dedup=False)
+    fourth = study.ask(dist)
+    assert lineage(study.trials[fourth.number])["dedup_retries"] == 0
+
+
+def test_numeric_params_and_minimize() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -5.0, 5.0)
+        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        n = trial.suggest_int("n", 1, 64, log=True)
+        k = trial.suggest_int("k", 0, 10, step=2)
+        c = trial.suggest_categorical("c", ["u", "v"])
+        return x**2 + (abs(n - 8) + abs(k - 4)) / 10 + abs(lr - 1e-3) * 100 + (c == "u")
+
+    sampler = AgingEvolutionSampler(population_size=10, sample_size=4, seed=2)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=150)
+    for t in study.trials:
+        p = t.params
+        assert -5 <= p["x"] <= 5 and 1e-5 <= p["lr"] <= 1e-1 and 1 <= p["n"] <= 64 and p["k"] in range(0, 11, 2)
+        rec = lineage(t)
+        if rec["origin"] == "mutation":
+            parent = study.trials[rec["parent"]].params
+            assert [k for k in p if p[k] != parent[k]] == [rec["param"]]
+    random_best = min(t.value for t in study.trials[:10])
+    assert study.best_value < random_best
+
+
+def test_multi_objective_parent_has_lowest_pareto_rank_in_tournament() -> None:
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x = trial.suggest_float("x", 0, 1)
+        y = trial.suggest_categorical("y", [0, 1, 2])
+        return x + y, 1 - x + y
+
+    sampler = AgingEvolutionSampler(population_size=8, sample_size=3, seed=5)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=40)
+    for t in study.trials[8:]:
+        rec = lineage(t)
+        pop = [study.trials[n] for n in range(t.number - 8, t.number)]
+        ranks = dict(zip([p.number for p in pop], _pareto_ranks(np.array([p.values for p in pop])), strict=True))
+        assert ranks[rec["parent"]] == min(ranks[m] for m in rec["tournament"])
+
+
+def test_enqueued_trial_keeps_its_params_and_is_labelled() -> None:
+    study = optuna.create_study(sampler=AgingEvolutionSampler(population_size=2, sample_size=2, seed=0))
+    fixed = SPACE.encode(SPACE.decode({n: d.choices[0] for n, d in SPACE.distributions.items()}))
+    study.optimize(nas_objective, n_trials=3)
+    study.enqueue_trial(fixed)
+    study.optimize(nas_objective, n_trials=1)
+    last = study.trials[-1]
+    assert last.params == fixed and last.user_attrs["mutation"] == "enqueued"
+
+
+def _worker(storage: str, n: int, seed: int) -> None:
+    settings = json.dumps({"population_size": 10, "sample_size": 4})
+    cmd = [sys.executable, WORKER, "--storage", storage, "--sampler", "evolution", "--seed", str(seed)]
+    subprocess.run([*cmd, "--n-trials", str(n), "--settings", settings], check=True, capture_output=True)
+
+
+def test_resumed_study_in_fresh_process_continues_exactly(scratch: Path) -> None:
+    whole, split = f"sqlite:///{scratch}/whole.db", f"sqlite:///{scratch}/split.db"
+    _worker(whole, 36, seed=11)
+    _worker(split, 17, seed=11)
+    _worker(split, 19, seed=11)  # a fresh process: nothing but the storage carries over
+    a = optuna.load_study(study_name="s", storage=whole).trials
+    b = optuna.load_study(study_name="s", storage=split).trials
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.user_attrs for t in a] == [t.user_attrs for t in b]
+    assert sum(lineage(t)["origin"] == "mutation" for t in b[17:]) > 10
+
+
+def test_argument_checks() -> None:
+    for kw in (
+        {"population_size": 1},
+        {"sample_size": 0},
+        {"mutation_prob_identity": 1.0},
+        {"max_dedup_tries": -1},
+        {"perturb_scale": 0},
+        {"seed": "x"},
+        {"constraints": object()},
+    ):
+        with pytest.raises(ValueError):
+            AgingEvolutionSampler(**kw)
+    with pytest.raises(TypeError):
+        AgingEvolutionSampler(100)  # keyword-only
+
+
+def test_float_values_never_leave_bounds_under_perturbation() -> None:
+    sampler = AgingEvolutionSampler(population_size=3, sample_size=2, seed=9, perturb_scale=2.0)
+    study = optuna.create_study(sampler=sampler)
+    dist = FloatDistribution(0.1, 0.2, step=0.05)
+    study.optimize(lambda t: t.suggest_float("x", 0.1, 0.2, step=0.05), n_trials=30)
+    assert {round(t.params["x"], 6) for t in study.trials} <= {0.1, 0.15, 0.2}
+    assert dist.low == 0.1
