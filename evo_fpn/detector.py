@@ -1,0 +1,259 @@
+"""RetinaNet with a searched neck: torchvision's head, anchors, focal loss and NMS, our pyramid.
+
+The detector is split so that the proxy can skip the backbone: :meth:`Detector.forward`
+runs backbone -> neck -> head, :meth:`Detector.forward_features` starts from C3..C5 maps
+(for instance cached ones). Both paths end in the same torchvision code
+(``RetinaNet.compute_loss`` while training, ``postprocess_detections`` otherwise), so a
+trial on cached features and a full training differ only in where C3..C5 come from.
+
+Images are already resized to the square input size by :mod:`evo_fpn.data`, so
+torchvision's ``GeneralizedRCNNTransform`` (resize + normalise) is replaced by a plain
+normalisation here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from evo_fpn.cli import UsageError
+from evo_fpn.neck import build_neck
+from evo_fpn.spec import ArchSpec
+
+BACKBONES: tuple[str, ...] = (
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+)
+"""Backbones built from torchvision (``weights=None``; ``weights_path`` loads a local file)."""
+
+HEAD_NORMS: tuple[str, ...] = ("group", "batch", "none")
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+def norm_factory(name: str) -> Callable[[int], nn.Module] | None:
+    """``group`` (GroupNorm, 16 groups or fewer), ``batch`` (BatchNorm2d) or ``none``."""
+    if name == "group":
+        return lambda c: nn.GroupNorm(min(16, c), c)
+    if name == "batch":
+        return nn.BatchNorm2d
+    if name == "none":
+        return None
+    raise UsageError(f"unknown norm {name!r}; choose one of {', '.join(HEAD_NORMS)}")
+
+
+class Backbone(nn.Module):
+    """A torchvision classifier cut to its stride-8/16/32 maps, returned as a list [C3, C4, C5]."""
+
+    def __init__(self, name: str, *, weights_path: str | None = None) -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise UsageError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        self.name = name
+        model = _classifier(name)
+        if weights_path:
+            _load_weights(model, weights_path)
+        if name.startswith("resnet"):
+            layers = {"layer2": "c3", "layer3": "c4", "layer4": "c5"}
+            self.body = torchvision.models._utils.IntermediateLayerGetter(model, layers)
+        else:
+            features = model.features
+            picks = _stride_picks(features)
+            self.body = torchvision.models._utils.IntermediateLayerGetter(
+                features, {str(i): f"c{3 + k}" for k, i in enumerate(picks)}
+            )
+        with torch.no_grad():
+            was = self.body.training
+            self.body.eval()
+            shapes = [f.shape[1] for f in self.body(torch.zeros(1, 3, 64, 64)).values()]
+            self.body.train(was)
+        self.out_channels: tuple[int, int, int] = tuple(shapes)  # type: ignore[assignment]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.body(x).values())
+
+
+def _classifier(name: str) -> nn.Module:
+    if name == "resnet10":
+        return ResNet(BasicBlock, [1, 1, 1, 1])
+    return getattr(torchvision.models, name)(weights=None)
+
+
+def _stride_picks(features: nn.Sequential) -> list[int]:
+    """Index of the last layer at stride 8, 16 and 32 in a ``features`` Sequential."""
+    x = torch.zeros(1, 3, 64, 64)
+    last: dict[int, int] = {}
+    with torch.no_grad():
+        features.eval()
+        for i, layer in enumerate(features):
+            x = layer(x)
+            last[64 // x.shape[-1]] = i
+        features.train()
+    return [last[s] for s in (8, 16, 32)]
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load a local state_dict (a classifier's, or one saved from this backbone)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"backbone weights {p} not found; pass a local state_dict file (no downloads)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UsageError(f"cannot read backbone weights {p} ({exc}); save them with torch.save(state_dict)") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("body."): v for k, v in state.items()}
+    if not set(state) & set(model.state_dict()):
+        raise UsageError(f"backbone weights {p} match no parameter of this backbone; check the backbone name")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise UsageError(f"backbone weights {p} do not fit this backbone ({str(exc).splitlines()[0]})") from None
+
+
+class Detector(nn.Module):
+    """RetinaNet = optional backbone + neck + torchvision's head, anchors, loss and post-processing."""
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone | None,
+        neck: nn.Module,
+        num_classes: int,
+        image_size: int,
+        anchor_sizes: Sequence[float],
+        anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        head_depth: int = 4,
+        head_norm: str = "group",
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        if not 0 <= head_depth <= 4:
+            raise ValueError(f"head_depth must lie in 0..4 (torchvision's head has 4 convs), got {head_depth}")
+        if len(anchor_sizes) != 5:
+            raise ValueError(f"need one anchor size per level P3..P7 (5), got {len(anchor_sizes)}")
+        self.backbone = backbone
+        self.image_size = int(image_size)
+        sizes = tuple(tuple(float(s) * k for k in anchor_scales) for s in anchor_sizes)
+        anchors = AnchorGenerator(sizes, (tuple(float(a) for a in aspect_ratios),) * len(sizes))
+        head = RetinaNetHead(
+            neck.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm_factory(head_norm)
+        )
+        for sub in (head.classification_head, head.regression_head):
+            sub.conv = nn.Sequential(*list(sub.conv)[:head_depth])
+        # torchvision's RetinaNet holds the neck as its "backbone" (it only needs .out_channels).
+        self.retina = RetinaNet(
+            neck,
+            num_classes,
+            min_size=image_size,
+            max_size=image_size,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+        )
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def neck(self) -> nn.Module:
+        return self.retina.backbone
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (or 0..255 float) images -> normalised floats."""
+        return (images.float() - self.mean) / self.std
+
+    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):  # type: ignore[no-untyped-def]
+        """Losses (``targets`` given, training) or detections in input pixels (otherwise)."""
+        if self.backbone is None:
+            raise RuntimeError("this detector has no backbone; call forward_features with C3..C5 maps")
+        return self.forward_features(self.backbone(self.normalize(images)), targets)
+
+    def forward_features(self, features: Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None):  # type: ignore[no-untyped-def]
+        """The same as :meth:`forward`, from C3..C5 maps."""
+        feats = list(self.neck(list(features)).values())
+        head_outputs = self.retina.head(feats)
+        batch = feats[0].shape[0]
+        hw = (self.image_size, self.image_size)
+        image_list = ImageList(feats[0].new_empty((batch, 0, *hw)), [hw] * batch)
+        anchors = self.retina.anchor_generator(image_list, feats)
+        if targets is not None:
+            return self.retina.compute_loss(targets, head_outputs, anchors)
+        # As RetinaNet.forward: split outputs and anchors per level, then decode + NMS.
+        per_level = [x.size(2) * x.size(3) for x in feats]
+        num_a = head_outputs["cls_logits"].size(1) // sum(per_level)
+        per_level = [n * num_a for n in per_level]
+        split = {k: list(v.float().split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        return self.retina.postprocess_detections(split, split_anchors, image_list.image_sizes)
+
+
+def build_detector(
+    arch: ArchSpec | str,
+    *,
+    num_classes: int,
+    image_size: int,
+    backbone: str = "resnet10",
+    with_backbone: bool = True,
+    weights_path: str | None = None,
+    width: int = 64,
+    repeats: int = 3,
+    neck_norm: str = "batch",
+    anchor_sizes: Sequence[float] = (8, 16, 32, 64, 128),
+    anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    head_depth: int = 4,
+    head_norm: str = "group",
+    **kwargs: float,
+) -> Detector:
+    """A RetinaNet for ``arch`` (a spec, ``"published"``, ``"fpn"`` or ``"torchvision_fpn"``).
+
+    ``with_backbone=False`` builds only neck + head (for training on cached features);
+    the backbone's C3..C5 channels still come from ``backbone``.
+    """
+    body = Backbone(backbone, weights_path=weights_path)
+    channels = body.out_channels
+    norm = norm_factory(neck_norm)
+    if arch == "torchvision_fpn" and neck_norm == "batch":
+        norm = None  # torchvision's FPN is norm-free; keep the baseline as torchvision ships it
+    neck = build_neck(arch, channels, width, repeats, norm_layer=norm)
+    return Detector(
+        backbone=body if with_backbone else None,
+        neck=neck,
+        num_classes=num_classes,
+        image_size=image_size,
+        anchor_sizes=anchor_sizes,
+        anchor_scales=anchor_scales,
+        aspect_ratios=aspect_ratios,
+        head_depth=head_depth,
+        head_norm=head_norm,
+        **kwargs,
+    )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a fixed feature extractor."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

@@ -1,0 +1,715 @@
+"""The proxy task: a spec goes in, COCO AP comes out, fast enough to run thousands of times.
+
+How it is fast (measured; see ``benchmarks/bench_proxy.py``): the backbone is trained *once
+per proxy configuration* (end to end, with torchvision's FPN as a stand-in neck), frozen, and
+its C3..C5 maps of every train and val image are cached on disk, keyed by the configuration.
+Every trial then trains only its own neck and a fresh RetinaNet head on the cached maps.
+Workers on one machine share the cache (built under a file lock, written to a temp file and
+renamed atomically). ``backbone_mode="end_to_end"`` trains everything per trial instead (the
+paper's proxy; what ``python -m evo_fpn.train`` uses).
+
+Optimisation settings dominate short budgets: a GroupNorm head (torchvision's
+``norm_layer``) with SGD at lr 0.05, linear warm-up and cosine decay learns from the first
+epoch, where a plain head at lr 0.02 stalls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from evo_fpn.cli import UsageError, register_user_error
+from evo_fpn.cost import count_flops, count_params
+from evo_fpn.data import (
+    RESIZE_MODES,
+    DatasetError,
+    DetectionDataset,
+    Split,
+    dataset_fingerprint,
+    load_dataset,
+)
+from evo_fpn.detector import BACKBONES, HEAD_NORMS, Detector, build_detector, freeze
+from evo_fpn.digits import DigitsConfig, build_digits, cache_root
+from evo_fpn.evaluate import METRIC_NAMES, coco_ap
+from evo_fpn.spec import ArchSpec
+
+register_user_error(DatasetError)
+
+CACHE_FORMAT_VERSION = 1
+
+
+class TrialFailed(Exception):
+    """The trial cannot produce a score (e.g. the loss became non-finite); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything that decides a proxy score (not the device, not the progress bar).
+
+    ``data=None`` uses the built-in digits dataset (the ``digits_*`` fields); otherwise a
+    COCO-layout folder (see :mod:`evo_fpn.data`).
+    """
+
+    # data
+    data: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    digits_train: int = 1500
+    digits_val: int = 300
+    digits_min_scale: int = 12
+    digits_max_scale: int = 100
+    digits_seed: int = 0
+    image_size: int = 128
+    resize: str = "plain"
+    # model
+    backbone: str = "resnet10"
+    backbone_weights: str | None = None
+    backbone_mode: str = "cached"
+    backbone_epochs: float = 16.0
+    backbone_seed: int = 0
+    width: int = 64
+    repeats: int = 3
+    neck_norm: str = "batch"
+    head_depth: int = 4
+    head_norm: str = "group"
+    anchor_sizes: tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0)
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # training
+    epochs: float = 10.0
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    clip_grad: float = 10.0
+    seed: int = 0
+    reports: int = 3
+    # evaluation
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(f"proxy config: {msg}")
+
+        need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        need(self.backbone_mode in ("cached", "end_to_end"), "backbone_mode must be 'cached' or 'end_to_end'")
+        need(self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}")
+        need(self.head_norm in HEAD_NORMS and self.neck_norm in HEAD_NORMS, f"norms must be one of {HEAD_NORMS}")
+        need(self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'")
+        need(self.image_size >= 32, "image_size must be >= 32")
+        need(self.width >= 8 and self.repeats >= 1, "width must be >= 8 and repeats >= 1")
+        need(0 <= self.head_depth <= 4, "head_depth must lie in 0..4")
+        need(self.epochs > 0 and self.backbone_epochs >= 0, "epochs must be > 0 and backbone_epochs >= 0")
+        need(self.batch_size >= 1 and self.lr > 0, "batch_size must be >= 1 and lr > 0")
+        need(0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)")
+        need(self.reports >= 1, "reports must be >= 1")
+        need(len(self.anchor_sizes) == 5, "anchor_sizes needs one size per level P3..P7 (5 values)")
+        need(self.digits_train >= 1 and self.digits_val >= 1, "digits_train and digits_val must be >= 1")
+
+    # -- (de)serialisation and identity ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base: ProxyConfig | None = None) -> ProxyConfig:
+        """A config from (possibly partial) ``data`` over ``base`` (default: the class defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown proxy setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return dataclasses.replace(base or cls(), **values)
+
+    def replace(self, **changes: Any) -> ProxyConfig:
+        return ProxyConfig.from_dict(changes, base=self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (device and progress bar are not config)."""
+        return _hash(self.to_dict())
+
+    def dataset_key(self) -> dict[str, Any]:
+        if self.data is None:
+            return {"digits": self.digits_config().fingerprint()}
+        return {"data": dataset_fingerprint(self.data, (self.train_split, self.val_split))}
+
+    def backbone_key(self) -> str:
+        """Hash of what the cached backbone and its features depend on (not the trial's settings)."""
+        fields = ("image_size", "resize", "backbone", "backbone_weights", "backbone_epochs", "backbone_seed", "width")
+        fields += ("head_depth", "head_norm", "anchor_sizes", "anchor_scales", "aspect_ratios", "batch_size")
+        fields += ("optimizer", "lr", "momentum", "weight_decay", "warmup_fraction", "clip_grad")
+        d = self.to_dict()
+        return _hash({"v": CACHE_FORMAT_VERSION, **self.dataset_key(), **{k: d[k] for k in fields}})
+
+    def digits_config(self) -> DigitsConfig:
+        return DigitsConfig(
+            train_images=self.digits_train,
+            val_images=self.digits_val,
+            image_size=self.image_size,
+            min_scale=min(self.digits_min_scale, self.image_size),
+            max_scale=min(self.digits_max_scale, self.image_size),
+            seed=self.digits_seed,
+        )
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, ProxyConfig] = {
+    # <= ~1 minute per trial on 2 CPU cores (plus a one-off ~1 minute backbone stage).
+    "quick": ProxyConfig(
+        digits_train=400,
+        digits_val=100,
+        image_size=96,
+        digits_min_scale=10,
+        digits_max_scale=80,
+        anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0),
+        backbone_epochs=6.0,
+        repeats=1,
+        epochs=6.0,
+        reports=2,
+    ),
+    # <= ~5 minutes per trial on 2 CPU cores (plus a one-off backbone stage of ~10 minutes).
+    "default": ProxyConfig(),
+    # The paper's proxy: ResNet-10, 512x512, 10 epochs, 3 repeats, trained end to end; for GPUs and COCO.
+    "paper": ProxyConfig(
+        data=None,
+        image_size=512,
+        backbone_mode="end_to_end",
+        backbone_epochs=0.0,
+        width=256,
+        repeats=3,
+        anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
+        epochs=10.0,
+        batch_size=64,
+        lr=0.08,
+        train_split="train2017",
+        val_split="val2017",
+        reports=5,
+    ),
+}
+"""Named configurations; the paper preset needs ``data`` (a COCO folder)."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda requested but CUDA is not available; use --device auto or cpu")
+    return dev
+
+
+# -- data held in memory -----------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """One split ready for training: images (uint8) or cached C3..C5 maps (fp16), plus targets."""
+
+    split: Split
+    scales: list[tuple[float, float]]
+    targets: list[dict[str, Tensor]]
+    images: Tensor | None = None
+    features: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def batch(self, idx: Sequence[int], device: torch.device) -> tuple[Tensor | list[Tensor], list[dict[str, Tensor]]]:
+        index = torch.as_tensor(idx)
+        targets = [{k: v.to(device) for k, v in self.targets[i].items()} for i in idx]
+        if self.features is not None:
+            return [f[index].to(device, non_blocking=True).float() for f in self.features], targets
+        assert self.images is not None
+        return self.images[index].to(device, non_blocking=True), targets
+
+
+def _load_inputs(split: Split, image_size: int, resize: str, progress: bool) -> _Inputs:
+    ds = DetectionDataset(split, image_size=image_size, resize=resize)
+    images = torch.empty((len(ds), 3, image_size, image_size), dtype=torch.uint8)
+    targets = []
+    for i in tqdm(range(len(ds)), desc=f"load {split.name}", disable=not progress, leave=False):
+        img, tgt = ds[i]
+        images[i] = img
+        targets.append({"boxes": tgt["boxes"], "labels": tgt["labels"]})
+    return _Inputs(split=split, scales=[ds.scale(i) for i in range(len(ds))], targets=targets, images=images)
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: ProxyConfig, total_steps: int):  # type: ignore[no-untyped-def]
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.001 + (1 - 0.001) * step / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_detector(
+    model: Detector,
+    train: _Inputs,
+    *,
+    config: ProxyConfig,
+    epochs: float,
+    device: torch.device,
+    seed: int,
+    progress: bool = True,
+    eval_points: Sequence[int] = (),
+    on_eval: Callable[[int, int], None] | None = None,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """SGD/AdamW with warm-up + cosine decay and gradient clipping; seeded batches.
+
+    ``on_eval(step, epoch_like)`` runs after the listed steps (for intermediate AP). Raises
+    :class:`TrialFailed` when the loss becomes non-finite. Returns timing and loss facts.
+    """
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = _optimizer(params, config, total)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    if model.backbone is not None and not any(p.requires_grad for p in model.backbone.parameters()):
+        model.backbone.eval()
+    losses: list[float] = []
+    seen, train_seconds = 0, 0.0
+    eval_set = set(eval_points)
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    order: list[int] = []
+    try:
+        for step in range(1, total + 1):
+            if len(order) < config.batch_size:
+                order += torch.randperm(len(train), generator=gen).tolist()
+            idx, order = order[: config.batch_size], order[config.batch_size :]
+            t0 = time.perf_counter()
+            inputs, targets = train.batch(idx, device)
+            with _autocast(device):
+                if isinstance(inputs, list):
+                    loss_dict = model.forward_features(inputs, targets)
+                else:
+                    loss_dict = model(inputs, targets)
+            loss = sum(v.float() for v in loss_dict.values())
+            if not torch.isfinite(loss):
+                parts = ", ".join(f"{k}={float(v):.3g}" for k, v in loss_dict.items())
+                raise TrialFailed(f"non-finite loss at step {step}/{total} ({parts}); lower lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+            opt.step()
+            sched.step()
+            train_seconds += time.perf_counter() - t0
+            seen += len(idx)
+            losses.append(loss.item())
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if step in eval_set and on_eval is not None:
+                on_eval(step, total)
+                model.train()
+                if model.backbone is not None and not any(p.requires_grad for p in model.backbone.parameters()):
+                    model.backbone.eval()
+    finally:
+        bar.close()
+    return {
+        "steps": total,
+        "train_seconds": train_seconds,
+        "images_per_s": seen / max(train_seconds, 1e-9),
+        "first_loss": float(np.mean(losses[: min(10, len(losses))])),
+        "last_loss": float(np.mean(losses[-min(10, len(losses)) :])),
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: Detector, data: _Inputs, *, device: torch.device, batch_size: int = 32, progress: bool = True
+) -> list[dict[str, Any]]:
+    """COCO-format detections (original image coordinates, dataset category ids)."""
+    model.eval()
+    out: list[dict[str, Any]] = []
+    split = data.split
+    for start in tqdm(range(0, len(data), batch_size), desc="eval", disable=not progress, leave=False):
+        idx = list(range(start, min(start + batch_size, len(data))))
+        inputs, _ = data.batch(idx, device)
+        with _autocast(device):
+            dets = model.forward_features(inputs) if isinstance(inputs, list) else model(inputs)
+        for i, det in zip(idx, dets, strict=True):
+            sx, sy = data.scales[i]
+            boxes = det["boxes"].float().cpu().numpy() / np.array([sx, sy, sx, sy], dtype=np.float32)
+            for (x0, y0, x1, y1), score, label in zip(
+                boxes.tolist(), det["scores"].float().cpu().tolist(), det["labels"].cpu().tolist(), strict=True
+            ):
+                out.append(
+                    {
+                        "image_id": split.image_ids[i],
+                        "category_id": split.label_to_cat_id(int(label)),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                    }
+                )
+    return out
+
+
+# -- the task ----------------------------------------------------------------------------------
+
+
+class ProxyTask:
+    """Trains and scores one architecture under a :class:`ProxyConfig` (see the module docstring).
+
+    Example::
+
+        task = ProxyTask(PRESETS["quick"])
+        task.prepare()                      # dataset + backbone cache, once
+        metrics = task.evaluate(PUBLISHED_NASFPN)
+        metrics["ap"]
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig | str = "default",
+        *,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise UsageError(f"unknown proxy preset {config!r}; choose one of {', '.join(PRESETS)}")
+            config = PRESETS[config]
+        if not isinstance(config, ProxyConfig):
+            raise TypeError(f"config must be a ProxyConfig or a preset name, got {type(config).__name__}")
+        self.config = config
+        self.device = resolve_device(device)
+        self.progress = bool(progress)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+        self._train: _Inputs | None = None
+        self._val: _Inputs | None = None
+        self._backbone_state: dict[str, Tensor] | None = None
+        self._backbone_flops: int | None = None
+        self._num_classes = 0
+        self.prepare_seconds = 0.0
+
+    # -- preparation ---------------------------------------------------------------------
+    def prepare(self) -> ProxyTask:
+        """Build/load the dataset and (cached mode) the trained backbone and its features."""
+        if self._train is not None:
+            return self
+        t0 = time.perf_counter()
+        cfg = self.config
+        if cfg.data is None:
+            root = build_digits(cfg.digits_config(), root=self.cache_dir)
+        else:
+            root = Path(cfg.data).expanduser()
+        train_split, val_split = load_dataset(root, train_split=cfg.train_split, val_split=cfg.val_split)
+        self._num_classes = train_split.num_classes
+        if cfg.backbone_mode == "cached":
+            self._prepare_cached(train_split, val_split)
+        else:
+            self._train = _load_inputs(train_split, cfg.image_size, cfg.resize, self.progress)
+            self._val = _load_inputs(val_split, cfg.image_size, cfg.resize, self.progress)
+        self.prepare_seconds = time.perf_counter() - t0
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        self.prepare()
+        return self._num_classes
+
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"backbone-{self.config.backbone_key()}.pt"
+
+    def _prepare_cached(self, train_split: Split, val_split: Split) -> None:
+        path = self.cache_path()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if not path.is_file():
+            with open(self.cache_dir / f".{path.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per machine; others wait, then load
+                if not path.is_file():
+                    self._build_cache(train_split, val_split, path)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
+            raise DatasetError(f"{path}: unreadable backbone cache ({exc}); delete the file to rebuild it") from None
+        train = _Inputs(train_split, blob["train_scales"], blob["train_targets"], features=blob["train"])
+        val = _Inputs(val_split, blob["val_scales"], blob["val_targets"], features=blob["val"])
+        if len(train) != len(train_split) or len(val) != len(val_split):
+            raise DatasetError(f"{path}: backbone cache does not match the dataset; delete the file to rebuild it")
+        self._train, self._val = train, val
+        self._backbone_state = blob["backbone"]
+        self._backbone_flops = int(blob["backbone_flops"])
+
+    def _build_cache(self, train_split: Split, val_split: Split, path: Path) -> None:
+        """Train backbone + torchvision FPN + head end to end, freeze it, store C3..C5 of every image."""
+        cfg = self.config
+        train = _load_inputs(train_split, cfg.image_size, cfg.resize, self.progress)
+        val = _load_inputs(val_split, cfg.image_size, cfg.resize, self.progress)
+        torch.manual_seed(cfg.backbone_seed)
+        model = self._detector("torchvision_fpn", with_backbone=True).to(self.device)
+        t0 = time.perf_counter()
+        if cfg.backbone_epochs > 0:
+            train_detector(
+                model,
+                train,
+                config=cfg,
+                epochs=cfg.backbone_epochs,
+                device=self.device,
+                seed=cfg.backbone_seed,
+                progress=self.progress,
+                desc="backbone stage",
+            )
+        stage_seconds = time.perf_counter() - t0
+        stage_metrics = coco_ap(val_split.coco_gt, predict(model, val, device=self.device, progress=self.progress))
+        backbone = freeze(model.backbone)
+        feats = {}
+        t1 = time.perf_counter()
+        for name, data in (("train", train), ("val", val)):
+            maps: list[list[Tensor]] = [[], [], []]
+            with torch.no_grad():
+                for start in tqdm(
+                    range(0, len(data), 64), desc=f"cache {name}", disable=not self.progress, leave=False
+                ):
+                    assert data.images is not None
+                    x = model.normalize(data.images[start : start + 64].to(self.device))
+                    with _autocast(self.device):
+                        out = backbone(x)
+                    for k, f in enumerate(out):
+                        maps[k].append(f.half().cpu())
+            feats[name] = [torch.cat(m) for m in maps]
+        cache_seconds = time.perf_counter() - t1
+        backbone_cpu = backbone.to("cpu")
+        blob = {
+            "backbone": backbone_cpu.state_dict(),
+            "backbone_flops": count_flops(backbone_cpu, torch.zeros(1, 3, cfg.image_size, cfg.image_size)),
+            "train": feats["train"],
+            "val": feats["val"],
+            "train_targets": train.targets,
+            "val_targets": val.targets,
+            "train_scales": train.scales,
+            "val_scales": val.scales,
+            "meta": {
+                "stage_seconds": stage_seconds,
+                "stage_ap": stage_metrics["ap"],
+                "stage_ap50": stage_metrics["ap50"],
+                "cache_seconds": cache_seconds,
+                "config": cfg.to_dict(),
+            },
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(blob, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def cache_meta(self) -> dict[str, Any]:
+        """Timing facts of the cached backbone stage (empty in end-to-end mode)."""
+        if self.config.backbone_mode != "cached" or not self.cache_path().is_file():
+            return {}
+        return dict(torch.load(self.cache_path(), map_location="cpu", weights_only=True)["meta"])
+
+    def _detector(self, arch: ArchSpec | str, *, with_backbone: bool) -> Detector:
+        cfg = self.config
+        return build_detector(
+            arch,
+            num_classes=self._num_classes,
+            image_size=cfg.image_size,
+            backbone=cfg.backbone,
+            with_backbone=with_backbone,
+            weights_path=cfg.backbone_weights,
+            width=cfg.width,
+            repeats=cfg.repeats,
+            neck_norm=cfg.neck_norm,
+            anchor_sizes=cfg.anchor_sizes,
+            anchor_scales=cfg.anchor_scales,
+            aspect_ratios=cfg.aspect_ratios,
+            head_depth=cfg.head_depth,
+            head_norm=cfg.head_norm,
+            score_thresh=cfg.score_thresh,
+            nms_thresh=cfg.nms_thresh,
+            detections_per_img=cfg.detections_per_img,
+        )
+
+    # -- one trial -------------------------------------------------------------------------
+    def build(self, spec: ArchSpec | str) -> Detector:
+        """The detector a trial trains: neck + head (cached mode) or the full model, seeded."""
+        self.prepare()
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        cached = cfg.backbone_mode == "cached"
+        model = self._detector(spec, with_backbone=not cached)
+        return model.to(self.device)
+
+    def costs(self, model: Detector) -> dict[str, int]:
+        """Neck and total parameters and per-image FLOPs at the proxy image size."""
+        cfg = self.config
+        s = cfg.image_size
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            if model.backbone is not None:
+                backbone = model.backbone.to("cpu")
+                backbone_params = count_params(backbone)
+                backbone_flops = count_flops(backbone, torch.zeros(1, 3, s, s))
+                feats = backbone(model.normalize(torch.zeros(1, 3, s, s)))
+                backbone.to(self.device)
+            else:
+                assert self._backbone_state is not None and self._backbone_flops is not None
+                backbone_params = sum(v.numel() for k, v in self._backbone_state.items() if _is_param(k))
+                backbone_flops = self._backbone_flops
+                assert self._train is not None and self._train.features is not None
+                feats = [f[:1].float() for f in self._train.features]
+            neck, head = model.neck.to("cpu"), model.retina.head.to("cpu")
+            neck_flops = count_flops(neck, feats)
+            pyramid = list(neck(feats).values())
+            head_flops = count_flops(head, pyramid)
+            neck.to(self.device)
+            head.to(self.device)
+        model.train(was)
+        neck_params, head_params = count_params(neck), count_params(head)
+        return {
+            "neck_params": neck_params,
+            "total_params": backbone_params + neck_params + head_params,
+            "neck_flops": neck_flops,
+            "total_flops": backbone_flops + neck_flops + head_flops,
+        }
+
+    def evaluate(self, spec: ArchSpec | str, trial: optuna.Trial | None = None) -> dict[str, Any]:
+        """Train ``spec`` under this proxy and return its metrics (``metrics["ap"]`` is the objective).
+
+        Reports intermediate AP to ``trial`` (pruning honoured: raises ``optuna.TrialPruned``),
+        writes the user attrs of the contract, raises :class:`TrialFailed` on a non-finite loss.
+        """
+        self.prepare()
+        assert self._train is not None and self._val is not None
+        cfg = self.config
+        if trial is not None and isinstance(spec, ArchSpec):
+            trial.set_user_attr("spec", spec.to_json())
+            trial.set_user_attr("spec_hash", spec.canonical_hash())
+        model = self.build(spec)
+        costs = self.costs(model)
+        if trial is not None:
+            for k, v in costs.items():
+                trial.set_user_attr(k, int(v))
+        steps_per_epoch = max(1, len(self._train) // cfg.batch_size)
+        total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        eval_points = sorted({max(1, round(total * (k + 1) / cfg.reports)) for k in range(cfg.reports)})
+        history: list[tuple[int, float]] = []
+        eval_seconds = [0.0]
+        final: dict[str, float] = {}
+
+        def on_eval(step: int, total_steps: int) -> None:
+            t0 = time.perf_counter()
+            metrics = coco_ap(
+                self._val.split.coco_gt,  # type: ignore[union-attr]
+                predict(model, self._val, device=self.device, progress=self.progress),  # type: ignore[arg-type]
+            )
+            eval_seconds[0] += time.perf_counter() - t0
+            history.append((step, metrics["ap"]))
+            final.clear()
+            final.update(metrics)
+            if trial is not None and step < total_steps:
+                trial.report(metrics["ap"], step)
+                if trial.should_prune():
+                    trial.set_user_attr("ap", metrics["ap"])
+                    raise optuna.TrialPruned(f"pruned at step {step} with AP {metrics['ap']:.4f}")
+
+        try:
+            facts = train_detector(
+                model,
+                self._train,
+                config=cfg,
+                epochs=cfg.epochs,
+                device=self.device,
+                seed=cfg.seed,
+                progress=self.progress,
+                eval_points=eval_points,
+                on_eval=on_eval,
+            )
+        except TrialFailed as exc:
+            if trial is not None:
+                trial.set_user_attr("fail_reason", exc.reason)
+            raise
+        metrics: dict[str, Any] = {k: float(final[k]) for k in METRIC_NAMES}
+        metrics.update(costs)
+        metrics.update(
+            train_seconds=float(facts["train_seconds"]),
+            eval_seconds=float(eval_seconds[0]),
+            images_per_s=float(facts["images_per_s"]),
+        )
+        if isinstance(spec, ArchSpec):
+            metrics.update(spec=spec.to_json(), spec_hash=spec.canonical_hash())
+        if trial is not None:
+            for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s"):
+                trial.set_user_attr(k, metrics[k])
+            if history:
+                trial.report(history[-1][1], history[-1][0])
+        metrics.update(first_loss=facts["first_loss"], last_loss=facts["last_loss"], history=history)
+        self.last_model = model
+        return metrics
+
+
+def _is_param(key: str) -> bool:
+    return not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+__all__ = [
+    "PRESETS",
+    "ProxyConfig",
+    "ProxyTask",
+    "TrialFailed",
+    "predict",
+    "resolve_device",
+    "train_detector",
+]
