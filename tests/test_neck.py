@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 
 from evo_fpn.cost import backbone_feature_shapes, count_flops, count_params, neck_cost
 from evo_fpn.neck import (
@@ -359,3 +360,26 @@ def test_random_specs_and_their_equal_hash_variants_compute_the_same(data):
     torch.manual_seed(0)
     a, b = build_neck(spec, (4, 4, 4), 4, 1), build_neck(variant, (4, 4, 4), 4, 1)
     assert _same_outputs(a, b, features(37, 29, in_channels=(4, 4, 4)))
+
+
+def test_whole_r50_nasfpn_640_matches_the_tpu_model_zoo():
+    """R-50 + published 7@256 + RetinaNet head (90 classes, 9 anchors) at 640: about 60 M
+    parameters and 141 G (multiply-adds, i.e. half of FlopCounterMode's FLOPs) in the zoo."""
+    with torch.device("meta"):
+        body = IntermediateLayerGetter(resnet50(weights=None), {"layer2": "0", "layer3": "1", "layer4": "2"})
+        neck = build_neck(PUBLISHED_NASFPN, BACKBONE_CHANNELS["resnet50"], 256, 7)
+        head = RetinaNetHead(256, 9, 90)
+        image = torch.empty(1, 3, 640, 640)
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.neck, self.head = body, neck, head
+
+        def forward(self, x):
+            return self.head(list(self.neck(self.body(x)).values()))
+
+    model = Detector()
+    params, macs = count_params(model), count_flops(model, image) / 2
+    assert abs(params - 60e6) / 60e6 < 0.05, params
+    assert abs(macs - 141e9) / 141e9 < 0.05, macs
