@@ -108,12 +108,17 @@ class MergeCell(nn.Module):
         self.input_levels = tuple(spec.node_level(x) for x in cell.inputs)
         self.extras = tuple(spec.extra_inputs()[index])
         self.extra_levels = tuple(spec.node_level(x) for x in self.extras)
+        names = [spec.node_name(x) for x in (*self.inputs, *self.extras)]
+        self._desc = f"P{self.level} <- {cell.op}({names[0]}, {names[1]})" + "".join(f" + {n}" for n in names[2:])
         self.relu = nn.ReLU()
         self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
         self.norm = norm_layer(channels)
 
     def merge(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return self._desc
 
     def forward(self, nodes: Sequence[Tensor], sizes: Mapping[int, Sequence[int]]) -> Tensor:
         size = sizes[self.level]
