@@ -237,14 +237,13 @@ def _worker(storage: str, n: int, seed: int) -> None:
 
 
 def test_resumed_study_in_fresh_process_continues_exactly(scratch: Path) -> None:
-    whole, split = f"sqlite:///{scratch}/whole.db", f"sqlite:///{scratch}/split.db"
-    _worker(whole, 36, seed=11)
+    whole = run_nas(36, seed=11, population_size=10, sample_size=4).trials  # uninterrupted, in process
+    split = f"sqlite:///{scratch}/split.db"
     _worker(split, 17, seed=11)
     _worker(split, 19, seed=11)  # a fresh process: nothing but the storage carries over
-    a = optuna.load_study(study_name="s", storage=whole).trials
     b = optuna.load_study(study_name="s", storage=split).trials
-    assert [t.params for t in a] == [t.params for t in b]
-    assert [t.user_attrs for t in a] == [t.user_attrs for t in b]
+    assert [t.params for t in whole] == [t.params for t in b]
+    assert [t.user_attrs for t in whole] == [t.user_attrs for t in b]
     assert sum(lineage(t)["origin"] == "mutation" for t in b[17:]) > 10
 
 

@@ -292,8 +292,8 @@ class RLControllerSampler(BaseSampler):
         Sampling does this itself; call it to inspect the policy (e.g. :meth:`policy_digest`).
         """
         with self._lock:
-            space = self.infer_relative_search_space(study, None)  # type: ignore[arg-type]
-            self._sync(study, space)
+            space = self._space(study, use_cache=False)  # outside a trial the cache may be stale
+            self._sync(study, space, use_cache=False)
             return self._n_updates
 
     def policy_digest(self) -> str:
@@ -320,11 +320,14 @@ class RLControllerSampler(BaseSampler):
 
     # -- Optuna sampler API ---------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._space(study, use_cache=True)
+
+    def _space(self, study: Study, use_cache: bool) -> dict[str, BaseDistribution]:
         with self._lock:
             if study_key(study) != self._study_key:
                 self._reset_caches()
                 self._study_key = study_key(study)
-            space = self._search_space.calculate(study, use_cache=True)
+            space = self._search_space.calculate(study, use_cache=use_cache)
             return {n: d for n, d in space.items() if isinstance(d, CategoricalDistribution) and not d.single()}
 
     def sample_relative(
@@ -434,7 +437,7 @@ class RLControllerSampler(BaseSampler):
         self._n_updates = n
         self._np = self._policy.numpy_weights()
 
-    def _sync(self, study: Study, search_space: Mapping[str, BaseDistribution]) -> None:
+    def _sync(self, study: Study, search_space: Mapping[str, BaseDistribution], use_cache: bool = True) -> None:
         key = study_key(study)
         if key != self._study_key:
             self._reset_caches()
@@ -445,7 +448,7 @@ class RLControllerSampler(BaseSampler):
             self._decisions = decisions
             self._sig = f"{zlib.crc32(repr(decisions).encode()):08x}"
             self._new_policy()
-        trials = study._get_trials(deepcopy=False, use_cache=True)
+        trials = study._get_trials(deepcopy=False, use_cache=use_cache)
         kept, _ = self._log.update(key, trials)
         order = self._log.order
         if kept:

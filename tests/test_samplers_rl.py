@@ -1,0 +1,236 @@
+"""RLControllerSampler: masking, stored actions, learning, deterministic replay and resume."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+from samplers_worker import fast_dir, toy_value
+
+from evo_fpn.samplers import RLControllerSampler
+from evo_fpn.samplers.rl import SAMPLE_KEY
+from evo_fpn.space import NasFpnSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = NasFpnSpace()
+WORKER = str(Path(__file__).with_name("samplers_worker.py"))
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    yield from fast_dir(tmp_path)
+
+
+def nas_objective(trial: optuna.Trial) -> float:
+    SPACE.suggest(trial)
+    return toy_value(trial.params)
+
+
+def run_nas(n: int, seed: int = 0, **kw) -> tuple[optuna.Study, RLControllerSampler]:
+    sampler = RLControllerSampler(seed=seed, constraints=SPACE, **kw)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.optimize(nas_objective, n_trials=n)
+    return study, sampler
+
+
+def test_samples_stay_inside_constraints_and_record_actions() -> None:
+    study, sampler = run_nas(40, batch_size=5)
+    names = SPACE.decision_order(SPACE.distributions)
+    for t in study.trials:
+        p = t.params
+        for k in range(7):
+            assert p[f"cell{k}.input_i"] != p[f"cell{k}.input_j"]
+        assert sorted(p[f"cell{k}.level"] for k in range(2, 7)) == ["P3", "P4", "P5", "P6", "P7"]
+        assert SPACE.encode(SPACE.decode(p)) == p
+        if t.number == 0:  # nothing finished yet: no decisions known, built-in random draw
+            assert SAMPLE_KEY not in t.system_attrs
+            continue
+        rec = t.system_attrs[SAMPLE_KEY]
+        assert len(rec["actions"]) == len(rec["logp"]) == 28
+        assert [SPACE.distributions[n].choices[a] for n, a in zip(names, rec["actions"], strict=True)] == [
+            p[n] for n in names
+        ]
+        assert all(lp <= 0 for lp in rec["logp"])
+        assert rec["version"] == t.number // 5  # sequential: n finished trials, n // 5 updates
+    # the last output cell has one allowed level: masked to probability 1
+    assert max(study.trials[-1].system_attrs[SAMPLE_KEY]["logp"][names.index("cell6.level")], -1e-9) == 0.0
+    assert sampler.sync(study) == 40 // 5
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "reinforce"])
+def test_policy_learns_a_simple_reward(algorithm: str) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        a = trial.suggest_categorical("a", ["p", "q", "r", "s"])
+        b = trial.suggest_categorical("b", [0, 1, 2])
+        return float(a == "r") + 0.5 * float(b == 2)
+
+    sampler = RLControllerSampler(seed=0, batch_size=8, lr=0.05, algorithm=algorithm)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=200)
+    probs = sampler.decision_probabilities()
+    assert probs["a"]["r"] > 0.6 and probs["b"][2] > 0.5, probs
+    late = [t.value for t in study.trials[-40:]]
+    early = [t.value for t in study.trials[:40]]
+    assert sum(late) > sum(early) + 10
+
+
+def test_minimize_direction_is_respected() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        return float(trial.suggest_categorical("a", ["p", "q", "r"]) != "q")
+
+    sampler = RLControllerSampler(seed=1, batch_size=8, lr=0.05)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    study.optimize(objective, n_trials=120)
+    assert sampler.decision_probabilities()["a"]["q"] > 0.6
+
+
+def test_seeded_runs_reproducible_and_seeds_differ() -> None:
+    a = [t.params for t in run_nas(30, seed=3, batch_size=5)[0].trials]
+    b = [t.params for t in run_nas(30, seed=3, batch_size=5)[0].trials]
+    c = [t.params for t in run_nas(30, seed=4, batch_size=5)[0].trials]
+    assert a == b and a != c
+
+
+def _history(values: list[float], states: list[TrialState] | None = None, order: list[int] | None = None):
+    """Finished NAS trials with given values; ``order`` sets their completion order."""
+    dist = SPACE.distributions
+    base = datetime.datetime(2026, 1, 1)
+    trials = []
+    for i, v in enumerate(values):
+        params = SPACE.encode(
+            SPACE.decode({n: d.choices[(i * 7 + j) % len(d.choices)] for j, (n, d) in enumerate(dist.items())})
+        )
+        state = states[i] if states else TrialState.COMPLETE
+        t = create_trial(
+            state=state,
+            value=v if state == TrialState.COMPLETE else None,
+            params=params,
+            distributions=dist,
+            intermediate_values={0: v} if state == TrialState.PRUNED else None,
+        )
+        t.datetime_start = base
+        t.datetime_complete = base + datetime.timedelta(seconds=(order[i] if order else i))
+        trials.append(t)
+    return trials
+
+
+def _digest(trials) -> tuple[str, int]:
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    sampler = RLControllerSampler(batch_size=4, policy_seed=0)
+    n = sampler.sync(study)
+    return sampler.policy_digest(), n
+
+
+def test_policy_is_a_function_of_history_failed_excluded_pruned_floored() -> None:
+    values = [0.1 * i for i in range(12)]
+    full = _digest(_history(values))
+    assert full[1] == 3
+    # the worker's seed does not matter: the policy starts from policy_seed
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(_history(values))
+    other = RLControllerSampler(seed=123, batch_size=4)
+    other.sync(study)
+    assert other.policy_digest() == full[0]
+    # FAIL trials are left out entirely
+    with_fail = _history(values + [5.0, 5.0], [TrialState.COMPLETE] * 12 + [TrialState.FAIL] * 2)
+    assert _digest(with_fail) == full
+    # a PRUNED trial counts as the floor (lowest complete reward so far), not its early value
+    states = [TrialState.COMPLETE] * 12
+    states[5] = TrialState.PRUNED
+    pruned_high = values.copy()
+    pruned_high[5] = 99.0
+    pruned_low = values.copy()
+    pruned_low[5] = -99.0
+    assert _digest(_history(pruned_high, states)) == _digest(_history(pruned_low, states))
+    assert _digest(_history(pruned_high, states)) != full
+    # completion order, not trial number, defines the batches
+    reordered = _digest(_history(values, order=[11 - i for i in range(12)]))
+    assert reordered[1] == 3 and reordered[0] != full[0]
+
+
+def test_late_trial_rewinds_to_the_same_policy_as_a_fresh_replay() -> None:
+    trials = _history([0.3 * ((i * 5) % 7) for i in range(17)])
+    late = trials.pop(2)  # finished early in completion order, but seen last
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    sampler = RLControllerSampler(batch_size=4, checkpoint_every=2)
+    assert sampler.sync(study) == 4
+    before = sampler.policy_digest()
+    study.add_trial(late)
+    assert sampler.sync(study) == 4
+    assert sampler.policy_digest() != before
+    fresh = RLControllerSampler(batch_size=4)
+    fresh.sync(study)
+    assert sampler.policy_digest() == fresh.policy_digest()
+
+
+def _worker(storage: str, n: int, seed: int, digest: bool = False) -> dict:
+    cmd = [sys.executable, WORKER, "--storage", storage, "--sampler", "rl", "--seed", str(seed)]
+    cmd += ["--n-trials", str(n), "--settings", json.dumps({"batch_size": 4})]
+    out = subprocess.run([*cmd, "--digest"] if digest else cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_rebuilds_the_same_policy_and_resumes_exactly(scratch: Path) -> None:
+    # uninterrupted, in this process
+    whole, sampler = run_nas(26, seed=5, batch_size=4)
+    # the same seed, stopped after 13 trials and resumed by a fresh process (SQLite file)
+    split = f"sqlite:///{scratch}/split.db"
+    _worker(split, 13, seed=5)
+    b = _worker(split, 13, seed=5, digest=True)  # replays the 13 finished trials first
+    assert [t.params for t in whole.trials] == [
+        t.params for t in optuna.load_study(study_name="s", storage=split).trials
+    ]
+    assert sampler.sync(whole) == b["updates"] == 6
+    assert sampler.policy_digest() == b["digest"]
+    # a sampler that only reads the storage rebuilds the same policy
+    reader = RLControllerSampler(batch_size=4, constraints=SPACE)
+    reader.sync(optuna.load_study(study_name="s", storage=split))
+    assert reader.policy_digest() == b["digest"]
+
+
+def test_int_and_float_params_fall_back_to_independent_sampling() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        n = trial.suggest_int("n", 1, 5)
+        c = trial.suggest_categorical("c", ["a", "b"])
+        return x + n + (c == "a")
+
+    sampler = RLControllerSampler(seed=0, batch_size=4)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=30)
+    assert all(-1 <= t.params["x"] <= 1 and 1 <= t.params["n"] <= 5 for t in study.trials)
+    rec = study.trials[-1].system_attrs[SAMPLE_KEY]
+    assert len(rec["actions"]) == 1  # only the categorical is a decision
+
+
+def test_multi_objective_is_refused() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=RLControllerSampler(seed=0))
+    study.add_trial(
+        create_trial(values=[1.0, 2.0], params={"a": "x"}, distributions={"a": CategoricalDistribution(["x", "y"])})
+    )
+    with pytest.raises(ValueError):
+        study.optimize(lambda t: (float(t.suggest_categorical("a", ["x", "y"]) == "x"), 0.0), n_trials=1)
+
+
+def test_argument_checks() -> None:
+    for kw in (
+        {"batch_size": 0},
+        {"algorithm": "a2c"},
+        {"lr": 0},
+        {"baseline_decay": 1.0},
+        {"ppo_clip": 0},
+        {"hidden_size": 0},
+        {"constraints": 3},
+    ):
+        with pytest.raises(ValueError):
+            RLControllerSampler(**kw)
