@@ -32,7 +32,8 @@ from evo_fpn.cli import UsageError, guard
 from evo_fpn.figures import StudyData
 from evo_fpn.report import mask_password
 
-DEFAULT_STORAGE = "sqlite:///studies/evo_fpn.db"
+DEFAULT_DIR = Path("studies")
+"""Where the runner keeps one SQLite file per study (``studies/NAME.db``) by default."""
 DEFAULT_OUT = "dashboards/out"
 
 _CSS = """
@@ -160,43 +161,60 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "study"
 
 
-def _resolve(storage: str, patterns: Sequence[str]) -> list[str]:
-    """Study names matching ``patterns`` (exact names or shell-style globs), in storage order."""
+def _list_studies(storage: str) -> list[str]:
     try:
-        known = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as exc:  # bad URL, unreachable server, missing driver
         raise UsageError(f"cannot open storage {mask_password(storage)}: {str(exc).splitlines()[0]}") from None
-    out: list[str] = []
+
+
+def locate(storage: str | None, patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """``(study name, storage URL)`` of the studies matching ``patterns`` (names or globs).
+
+    With a storage (``--storage`` or ``$EVO_FPN_STORAGE``) every study is looked up there;
+    without one, each study lives in its own default file ``studies/NAME.db``, as the
+    runner stores it, and patterns are matched against the studies in ``studies/*.db``.
+    """
+    if storage is not None:
+        known = [(n, storage) for n in _list_studies(storage)]
+        where = mask_password(storage)
+    else:
+        known = []
+        for db in sorted(DEFAULT_DIR.glob("*.db")):
+            known += [(n, f"sqlite:///{db}") for n in _list_studies(f"sqlite:///{db}")]
+        where = f"{DEFAULT_DIR}/*.db (pass --storage URL for another storage)"
+    out: list[tuple[str, str]] = []
     for pattern in patterns:
-        hits = [n for n in known if fnmatch.fnmatchcase(n, pattern)]
+        hits = [k for k in known if fnmatch.fnmatchcase(k[0], pattern)]
         if not hits:
+            names = [n for n, _ in known]
             raise UsageError(
-                f"no study matches {pattern!r} in {mask_password(storage)}; "
-                f"known: {', '.join(known[:10]) or 'none'}{' ...' if len(known) > 10 else ''}"
+                f"no study matches {pattern!r} in {where}; "
+                f"known: {', '.join(names[:10]) or 'none'}{' ...' if len(names) > 10 else ''}"
             )
-        out += [n for n in hits if n not in out]
+        out += [k for k in hits if k not in out]
     return out
 
 
-def _load(storage: str, name: str) -> StudyData:
+def _load(name: str, storage: str) -> StudyData:
     return StudyData.from_study(optuna.load_study(study_name=name, storage=storage))
 
 
-def write_pages(storage: str, study: Sequence[str], compare: Sequence[str], out: Path) -> list[Path]:
+def write_pages(storage: str | None, study: Sequence[str], compare: Sequence[str], out: Path) -> list[Path]:
     """Write the study pages and (if any ``compare``) the comparison page; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    singles = _resolve(storage, study) if study else []
-    for name in singles:
+    singles = locate(storage, study) if study else []
+    for name, url in singles:
         path = out / f"{_safe(name)}.html"
-        path.write_text(study_page(_load(storage, name)), encoding="utf-8")
+        path.write_text(study_page(_load(name, url)), encoding="utf-8")
         written.append(path)
     if compare:
-        names = [*singles, *[n for n in _resolve(storage, compare) if n not in singles]]
-        datas = [_load(storage, n) for n in names]
-        label = "-".join(_safe(n) for n in names)
+        located = [*singles, *[k for k in locate(storage, compare) if k not in singles]]
+        datas = [_load(n, url) for n, url in located]
+        label = "-".join(_safe(n) for n, _ in located)
         if len(label) > 80:
-            label = f"{len(names)}-studies"
+            label = f"{len(located)}-studies"
         path = out / f"compare-{label}.html"
         path.write_text(compare_page(datas), encoding="utf-8")
         written.append(path)
@@ -227,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage",
-        default=os.environ.get("EVO_FPN_STORAGE", DEFAULT_STORAGE),
-        help=f"Optuna storage URL (default: $EVO_FPN_STORAGE or {DEFAULT_STORAGE})",
+        default=os.environ.get("EVO_FPN_STORAGE") or None,
+        help="Optuna storage URL (default: $EVO_FPN_STORAGE, else each study's studies/NAME.db)",
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the pages (default: {DEFAULT_OUT})")
     return p
@@ -240,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.study and not args.compare:
         raise UsageError("name a study with --study NAME, or studies to overlay with --compare STUDY ...")
     storage = args.storage
-    db = _sqlite_file(storage)
+    db = _sqlite_file(storage) if storage is not None else None
     if db is not None and not db.exists():
         raise UsageError(f"no storage file {db}; run a search first or pass --storage URL")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

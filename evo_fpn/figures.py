@@ -210,6 +210,11 @@ def best_so_far_by_time(data: StudyData) -> tuple[np.ndarray, np.ndarray]:
     return hours, best
 
 
+def _plain(values: np.ndarray) -> list[float | int | None]:
+    """Plain JSON numbers (NaN -> null), not plotly's base64 typed arrays: readable in storage."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()]
+
+
 def _step_at(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Value of the right-continuous step function (xs, ys) at ``grid``; NaN before xs[0]."""
     idx = np.searchsorted(xs, grid, side="right") - 1
@@ -239,8 +244,8 @@ def best_so_far_figure(studies: Sequence[StudyData], *, x: str = "trial", group:
             xs, ys = curve(data)
             fig.add_trace(
                 go.Scatter(
-                    x=xs,
-                    y=ys,
+                    x=_plain(xs),
+                    y=_plain(ys),
                     mode="lines",
                     line=dict(shape="hv", color=PALETTE[i % len(PALETTE)]),
                     name=data.name,
@@ -265,8 +270,8 @@ def best_so_far_figure(studies: Sequence[StudyData], *, x: str = "trial", group:
             label = f"{sampler} (n={len(curves)})"
             fig.add_trace(
                 go.Scatter(
-                    x=np.concatenate([grid, grid[::-1]]),
-                    y=np.concatenate([hi, lo[::-1]]),
+                    x=_plain(np.concatenate([grid, grid[::-1]])),
+                    y=_plain(np.concatenate([hi, lo[::-1]])),
                     fill="toself",
                     fillcolor=_rgba(colour, 0.18),
                     line=dict(width=0, shape="hv"),
@@ -278,8 +283,8 @@ def best_so_far_figure(studies: Sequence[StudyData], *, x: str = "trial", group:
             )
             fig.add_trace(
                 go.Scatter(
-                    x=grid,
-                    y=mean,
+                    x=_plain(grid),
+                    y=_plain(mean),
                     mode="lines",
                     line=dict(color=colour, shape="hv", width=2.5),
                     name=label,
@@ -422,8 +427,8 @@ def unique_architectures_figure(studies: Sequence[StudyData]) -> go.Figure:
         longest = max(longest, len(xs))
         fig.add_trace(
             go.Scatter(
-                x=xs + 1,
-                y=ys,
+                x=_plain(xs + 1),
+                y=_plain(ys),
                 mode="lines",
                 line=dict(color=colours[data.sampler]),
                 name=f"{data.name} ({data.sampler})",

@@ -10,14 +10,21 @@ jitter), so a study of 40 trials takes a few seconds instead of hours of trainin
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
+import json
+import shlex
 import shutil
+import socket
+import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -94,7 +101,7 @@ def make_study(
     for spec in enqueue:
         study.enqueue_trial(space.encode(spec))
     store = make_artifact_store(artifact_dir) if artifact_dir is not None else None
-    seen: dict[str, tuple[int, float]] = {}
+    seen: dict[str, tuple[int, dict[str, Any]]] = {}  # hash -> (trial number, its metrics)
 
     def objective(trial: optuna.Trial) -> float:
         spec = space.suggest(trial)
@@ -103,11 +110,12 @@ def make_study(
         trial.set_user_attr("spec_hash", h)
         if store is not None:
             attach_architecture(trial, spec, store)
-        if h in seen:
-            number, ap = seen[h]
+        if h in seen:  # as the runner does: copy the metrics, say where from
+            number, metrics = seen[h]
             trial.set_user_attr("cached_from", number)
-            trial.set_user_attr("ap", ap)
-            return ap
+            for key, value in metrics.items():
+                trial.set_user_attr(key, value)
+            return metrics["ap"]
         t0 = time.perf_counter()
         costs = cost.neck_cost(spec, PROXY_BACKBONE, PROXY_CHANNELS, PROXY_REPEATS, PROXY_IMAGE)
         trial.set_user_attr("neck_params", costs["neck_params"])
@@ -117,14 +125,13 @@ def make_study(
             trial.report(ap * frac, step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        seconds = time.perf_counter() - t0
-        trial.set_user_attr("ap", ap)
+        metrics: dict[str, Any] = {"ap": ap, **{k: v for k, v in costs.items() if k.startswith("neck_")}}
         for key, scale in (("ap50", 1.6), ("ap75", 1.05), ("ap_small", 0.5), ("ap_medium", 1.1), ("ap_large", 1.3)):
-            trial.set_user_attr(key, round(min(1.0, ap * scale), 6))
-        trial.set_user_attr("train_seconds", seconds)
-        trial.set_user_attr("eval_seconds", 0.0)
-        trial.set_user_attr("images_per_s", 0.0)
-        seen[h] = (trial.number, ap)
+            metrics[key] = round(min(1.0, ap * scale), 6)
+        metrics.update(train_seconds=time.perf_counter() - t0, eval_seconds=0.0, images_per_s=0.0)
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        seen[h] = (trial.number, metrics)
         return ap
 
     study.optimize(objective, n_trials=n_trials)
@@ -175,3 +182,52 @@ def shared_studies() -> SharedStudies:
                    enqueue=enqueue)  # fmt: skip
         make_study(storage, f"random-{seed}", sampler="random", seed=seed, n_trials=16, artifact_dir=artifacts)
     return SharedStudies(storage, artifacts, ("evo-0", "evo-1"), ("random-0", "random-1"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dashboard_server(storage: str, artifact_dir: Path, *, timeout: float = 60.0) -> Iterator[str]:
+    """Run the real ``optuna-dashboard`` command (as the README gives it) on 127.0.0.1.
+
+    Yields the base URL once ``/api/meta`` answers; stops the server afterwards.
+    """
+    from evo_fpn.report import dashboard_command
+
+    port = free_port()
+    cmd = [*shlex.split(dashboard_command(storage, artifact_dir)), "--host", "127.0.0.1", "--port", str(port)]
+    cmd[0] = shutil.which(cmd[0]) or cmd[0]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/api/meta", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"optuna-dashboard did not start: {log.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read().decode())
