@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--n-trials", type=int, default=0)
     ap.add_argument("--settings", default="{}", help="JSON sampler settings")
     ap.add_argument("--digest", action="store_true", help="print the RL policy digest after syncing")
+    ap.add_argument("--sleep", type=float, default=0.0, help="seconds each trial takes")
+    ap.add_argument("--barrier", default="", help="DIR:N - wait until N workers are ready in DIR")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = NasFpnSpace()
@@ -71,7 +74,16 @@ def main() -> None:
 
     def objective(trial: optuna.Trial) -> float:
         space.suggest(trial)
+        trial.set_user_attr("worker", os.getpid())
+        time.sleep(args.sleep)
         return toy_value(trial.params)
+
+    if args.barrier:  # start together, after the (slow) imports
+        folder, n = args.barrier.rsplit(":", 1)
+        Path(folder, f"ready.{os.getpid()}").touch()
+        deadline = time.time() + 120
+        while len(list(Path(folder).glob("ready.*"))) < int(n) and time.time() < deadline:
+            time.sleep(0.01)
 
     if args.n_trials:
         study.optimize(objective, n_trials=args.n_trials)

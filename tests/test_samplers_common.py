@@ -1,0 +1,121 @@
+"""Both samplers: registry, pickling, threads, several processes on one study, the hook."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
+from optuna.trial import TrialState
+from samplers_worker import fast_dir, make_storage, toy_value
+
+from evo_fpn.samplers import SAMPLER_NAMES, AgingEvolutionSampler, ChoiceConstraints, RLControllerSampler, make_sampler
+from evo_fpn.samplers.evolution import LINEAGE_KEY
+from evo_fpn.samplers.rl import SAMPLE_KEY
+from evo_fpn.space import NasFpnSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = NasFpnSpace()
+WORKER = str(Path(__file__).with_name("samplers_worker.py"))
+SETTINGS = {"evolution": {"population_size": 8, "sample_size": 3}, "rl": {"batch_size": 4}}
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    yield from fast_dir(tmp_path)
+
+
+def nas_objective(trial: optuna.Trial) -> float:
+    SPACE.suggest(trial)
+    return toy_value(trial.params)
+
+
+def valid(params: dict) -> bool:
+    return all(params[f"cell{k}.input_i"] != params[f"cell{k}.input_j"] for k in range(7)) and sorted(
+        params[f"cell{k}.level"] for k in range(2, 7)
+    ) == ["P3", "P4", "P5", "P6", "P7"]
+
+
+def test_registry_names_settings_and_errors() -> None:
+    assert SAMPLER_NAMES == ("evolution", "rl", "random", "tpe", "nsga2")
+    assert isinstance(make_sampler("evolution", seed=0, constraints=SPACE), AgingEvolutionSampler)
+    assert isinstance(make_sampler("rl", seed=0, constraints=SPACE), RLControllerSampler)
+    assert isinstance(make_sampler("random", seed=0, constraints=SPACE), RandomSampler)
+    assert isinstance(make_sampler("nsga2", seed=0), NSGAIISampler)
+    tpe = make_sampler("tpe", seed=0)
+    assert isinstance(tpe, TPESampler)
+    # pinned, not Optuna's version-dependent defaults
+    assert tpe._multivariate is True and tpe._constant_liar is True and tpe._n_startup_trials == 10
+    assert make_sampler("tpe", n_startup_trials=3)._n_startup_trials == 3
+    with pytest.raises(ValueError, match="evolution, rl, random, tpe, nsga2"):
+        make_sampler("cmaes")
+    with pytest.raises(ValueError, match="sample_sizee"):
+        make_sampler("evolution", sample_sizee=3)
+
+
+def test_nas_space_implements_the_hook() -> None:
+    assert isinstance(SPACE, ChoiceConstraints)
+
+
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_pickled_sampler_continues_exactly(name: str) -> None:
+    def run(n: int, split: int | None) -> list[dict]:
+        sampler = make_sampler(name, seed=2, constraints=SPACE, **SETTINGS[name])
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        study.optimize(nas_objective, n_trials=split or n)
+        if split:
+            study.sampler = pickle.loads(pickle.dumps(study.sampler))  # drops locks and caches
+            study.optimize(nas_objective, n_trials=n - split)
+        return [t.params for t in study.trials]
+
+    assert run(30, None) == run(30, 17)
+
+
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_threads_share_one_sampler(name: str) -> None:
+    sampler = make_sampler(name, seed=0, constraints=SPACE, **SETTINGS[name])
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    study.optimize(nas_objective, n_trials=40, n_jobs=2)
+    trials = study.trials
+    assert len(trials) == 40 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(valid(t.params) for t in trials)
+    if name == "evolution":
+        assert sum(t.system_attrs[LINEAGE_KEY]["origin"] == "mutation" for t in trials) > 20
+    else:
+        assert sum(SAMPLE_KEY in t.system_attrs for t in trials) >= 38
+
+
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_two_processes_share_one_study(name: str, scratch: Path) -> None:
+    storage = f"journal:{scratch}/study.log"
+    cmd = [sys.executable, WORKER, "--storage", storage, "--sampler", name, "--settings", json.dumps(SETTINGS[name])]
+    subprocess.run([*cmd, "--n-trials", "0"], check=True, capture_output=True)  # create it once
+    barrier = scratch / "barrier"
+    barrier.mkdir()
+    cmd += ["--n-trials", "20", "--sleep", "0.02", "--barrier", f"{barrier}:2"]
+    procs = [subprocess.Popen([*cmd, "--seed", str(s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()[-2000:]
+    trials = optuna.load_study(study_name="s", storage=make_storage(storage)).trials
+    assert len(trials) == 40 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(valid(t.params) for t in trials)
+    assert sorted(t.number for t in trials) == list(range(40))
+    workers = [t.user_attrs["worker"] for t in trials]
+    assert sum(a != b for a, b in zip(workers, workers[1:], strict=False)) >= 5  # they really ran interleaved
+    for t in trials:
+        if name == "evolution":
+            rec = t.system_attrs[LINEAGE_KEY]
+            if rec["origin"] == "mutation":
+                parent = trials[rec["parent"]]
+                assert parent.state == TrialState.COMPLETE
+                assert parent.datetime_complete <= t.datetime_start  # only finished trials are parents
+                assert t.user_attrs["parent_trial"] == parent.number
+        elif t.number > 1:
+            assert SAMPLE_KEY in t.system_attrs
