@@ -45,9 +45,9 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def norm_factory(name: str) -> Callable[[int], nn.Module] | None:
-    """``group`` (GroupNorm, 16 groups or fewer), ``batch`` (BatchNorm2d) or ``none``."""
+    """``group`` (GroupNorm: 16 groups, at least 4 channels each), ``batch`` (BatchNorm2d) or ``none``."""
     if name == "group":
-        return lambda c: nn.GroupNorm(min(16, c), c)
+        return lambda c: nn.GroupNorm(max(1, min(16, c // 4)), c)
     if name == "batch":
         return nn.BatchNorm2d
     if name == "none":

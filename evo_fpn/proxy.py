@@ -340,7 +340,7 @@ def train_detector(
                     loss_dict = model(inputs, targets)
             loss = sum(v.float() for v in loss_dict.values())
             if not torch.isfinite(loss):
-                parts = ", ".join(f"{k}={float(v):.3g}" for k, v in loss_dict.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.3g}" for k, v in loss_dict.items())
                 raise TrialFailed(f"non-finite loss at step {step}/{total} ({parts}); lower lr or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,129 @@
+"""Train one architecture at a larger budget: ``python -m evo_fpn.train --arch published``.
+
+The same code as the proxy task (:class:`evo_fpn.proxy.ProxyTask`), with the backbone trained
+end to end by default and a longer schedule. Saves ``model.pt`` (state_dict), ``metrics.json``
+and ``spec.json`` to ``--out`` and prints the AP breakdown.
+
+Examples::
+
+    python -m evo_fpn.train --arch published --epochs 24
+    python -m evo_fpn.train --arch best.json --data ~/coco --preset paper --device auto
+    python -m evo_fpn.train --arch fpn --set width=128 --set lr=0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evo_fpn.cli import UsageError, guard, register_user_error
+from evo_fpn.data import DatasetError
+from evo_fpn.evaluate import METRIC_NAMES
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, TrialFailed
+from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
+
+register_user_error(DatasetError)
+register_user_error(TrialFailed)
+
+NAMED = (*REFERENCE_SPECS, "torchvision_fpn")
+
+
+def load_arch(value: str) -> ArchSpec | str:
+    """``published``, ``fpn``, ``torchvision_fpn`` or a spec JSON file (as ``inspect``/the runner write)."""
+    if value in REFERENCE_SPECS:
+        return REFERENCE_SPECS[value]
+    if value == "torchvision_fpn":
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--arch {value!r} is neither one of {', '.join(NAMED)} nor an existing spec JSON file")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and "spec" in data and "cells" not in data:  # e.g. a saved metrics/trial record
+        data = json.loads(data["spec"]) if isinstance(data["spec"], str) else data["spec"]
+    return ArchSpec.from_dict(data, name=path.stem)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when possible (numbers, lists, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evo_fpn.train", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", required=True, help=f"{' | '.join(NAMED)} | PATH.json")
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="proxy preset to start from")
+    p.add_argument("--data", help="COCO-layout dataset folder (default: the built-in digits)")
+    p.add_argument("--epochs", type=float, default=None, help="training epochs (default: 3x the preset's)")
+    p.add_argument(
+        "--mode",
+        choices=("end_to_end", "cached"),
+        default="end_to_end",
+        help="train the backbone too (default) or only neck + head on the cached backbone",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", help="output folder (default: runs/train-<arch>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any proxy setting")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+@guard
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    arch = load_arch(args.arch)
+    base = PRESETS[args.preset]
+    changes: dict[str, Any] = {"backbone_mode": args.mode, "seed": args.seed}
+    changes["epochs"] = args.epochs if args.epochs is not None else 3 * base.epochs
+    if args.data is not None:
+        changes["data"] = args.data
+    changes.update(parse_overrides(args.set))
+    config = ProxyConfig.from_dict(changes, base=base)
+    if config.epochs <= 0:
+        raise UsageError("--epochs must be > 0")
+    if args.preset == "paper" and config.data is None:
+        raise UsageError("the paper preset trains on COCO: pass --data pointing at a COCO folder")
+    name = arch if isinstance(arch, str) else (arch.name or arch.canonical_hash())
+    out = Path(args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    task = ProxyTask(config, device=args.device, progress=not args.no_progress)
+    task.prepare()
+    metrics = task.evaluate(arch)
+    torch.save(task.last_model.state_dict(), out / "model.pt")
+    record = {k: v for k, v in metrics.items() if k != "history"}
+    record.update(arch=name, config=config.to_dict(), history=[list(h) for h in metrics["history"]])
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    if isinstance(arch, ArchSpec):
+        (out / "spec.json").write_text(arch.to_json(indent=2))
+
+    print(f"trained {name} for {config.epochs:g} epochs ({config.backbone_mode}) on {task.device}")
+    for key in METRIC_NAMES:
+        print(f"  {key:<10} {metrics[key]:.4f}")
+    print(f"  params     {metrics['total_params']:,} (neck {metrics['neck_params']:,})")
+    print(f"  GFLOPs     {metrics['total_flops'] / 1e9:.2f} per image (neck {metrics['neck_flops'] / 1e9:.3f})")
+    print(f"  train      {metrics['train_seconds']:.0f} s, {metrics['images_per_s']:.1f} images/s")
+    print(f"saved {out / 'model.pt'} and {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""The proxy task on tiny data: it learns, reports, prunes, fails cleanly, caches, reproduces."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+
+from evo_fpn.cli import UsageError
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, TrialFailed
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+
+TINY = ProxyConfig(
+    digits_train=32,
+    digits_val=16,
+    image_size=64,
+    digits_min_scale=8,
+    digits_max_scale=48,
+    backbone_epochs=1.0,
+    width=16,
+    repeats=1,
+    head_depth=1,
+    batch_size=8,
+    epochs=4.0,
+    reports=2,
+)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> ProxyTask:
+    return ProxyTask(TINY, device="cpu", progress=False, cache_dir=tmp_path_factory.mktemp("cache")).prepare()
+
+
+def test_training_lowers_the_loss_and_is_reproducible(task: ProxyTask) -> None:
+    first = task.evaluate(FPN_LIKE)
+    assert first["last_loss"] < first["first_loss"]
+    assert 0.0 <= first["ap"] <= 1.0 and first["images_per_s"] > 0
+    assert first["neck_params"] > 0 and first["total_flops"] > first["neck_flops"] > 0
+    again = task.evaluate(FPN_LIKE)
+    assert again["last_loss"] == first["last_loss"] and again["ap"] == first["ap"]
+
+
+def test_intermediate_ap_and_user_attrs_in_a_real_study(task: ProxyTask) -> None:
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: task.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert len(trial.intermediate_values) == 2  # one mid-training report, then the final one
+    attrs = trial.user_attrs
+    for key in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "neck_params", "total_params"):
+        assert key in attrs
+    for key in ("neck_flops", "total_flops", "train_seconds", "eval_seconds", "images_per_s"):
+        assert key in attrs
+    assert attrs["spec_hash"] == PUBLISHED_NASFPN.canonical_hash()
+    assert attrs["ap"] == trial.value
+    assert max(trial.intermediate_values) == max(trial.intermediate_values.keys())
+
+
+def test_pruner_stops_the_trial(task: ProxyTask) -> None:
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    study.optimize(lambda t: task.evaluate(FPN_LIKE, t)["ap"], n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert len(trial.intermediate_values) == 1
+
+
+def test_non_finite_loss_fails_the_trial_cleanly(tmp_path: Path, task: ProxyTask) -> None:
+    bad = ProxyTask(TINY.replace(lr=1e30), device="cpu", progress=False, cache_dir=task.cache_dir)
+    bad._train, bad._val = task._train, task._val  # same data; only the trial's lr differs
+    bad._backbone_state, bad._backbone_flops, bad._num_classes = (
+        task._backbone_state,
+        task._backbone_flops,
+        task._num_classes,
+    )
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: bad.evaluate(FPN_LIKE, t)["ap"], n_trials=1, catch=(TrialFailed,))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert "non-finite loss" in trial.user_attrs["fail_reason"]
+
+
+def test_backbone_cache_is_shared(task: ProxyTask) -> None:
+    path = task.cache_path()
+    stamp = path.stat().st_mtime_ns
+    other = ProxyTask(TINY.replace(seed=5, epochs=2.0), device="cpu", progress=False, cache_dir=task.cache_dir)
+    assert other.cache_path() == path  # the trial's own settings do not change the backbone
+    other.prepare()
+    assert path.stat().st_mtime_ns == stamp
+    meta = task.cache_meta()
+    assert meta["stage_seconds"] > 0 and 0.0 <= meta["stage_ap"] <= 1.0
+    assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
+
+
+def test_config_identity_and_checks() -> None:
+    assert TINY.fingerprint() == ProxyConfig.from_dict(TINY.to_dict()).fingerprint()
+    assert TINY.fingerprint() != TINY.replace(epochs=5.0).fingerprint()
+    assert TINY.backbone_key() != TINY.replace(backbone_epochs=2.0).backbone_key()
+    assert set(PRESETS) == {"quick", "default", "paper"}
+    paper = PRESETS["paper"]
+    assert (paper.backbone, paper.image_size, paper.epochs, paper.repeats) == ("resnet10", 512, 10.0, 3)
+    with pytest.raises(UsageError, match="unknown proxy setting"):
+        ProxyConfig.from_dict({"epochz": 1})
+    with pytest.raises(UsageError, match="backbone must be one of"):
+        TINY.replace(backbone="vgg")
+    with pytest.raises(UsageError, match="unknown proxy preset"):
+        ProxyTask("huge")
+    assert math.isfinite(TINY.lr)
