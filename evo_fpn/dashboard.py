@@ -4,10 +4,12 @@
     python -m evo_fpn.dashboard --compare 'evo-*' 'rl-*' [--storage URL] [--out dashboards/out]
 
 Each page is a single HTML file with plotly.js inlined, so it opens offline and can be
-mailed or archived. ``--compare`` accepts study names and shell-style patterns; its page
-groups the studies by the sampler recorded with each study and draws the mean and the
-min-max band over seeds. See :mod:`evo_fpn.figures` for what each figure counts (pruned
-trials, for instance, are kept out of best-so-far curves).
+mailed or archived. Studies are read from ``--storage``, else ``$EVO_FPN_STORAGE``, else
+each study's own ``studies/NAME.db`` (the runner's default). ``--study`` and ``--compare``
+accept names and shell-style patterns; the comparison page groups the studies by the
+sampler recorded with each study and draws the mean and the min-max band over seeds. See
+:mod:`evo_fpn.figures` for what each figure counts (pruned trials, for instance, are kept
+out of best-so-far curves).
 """
 
 from __future__ import annotations
