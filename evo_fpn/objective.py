@@ -30,12 +30,9 @@ from optuna.trial import TrialState
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import ArchSpec
 
-try:  # the proxy task's failure type; the synthetic task raises the same one
-    from evo_fpn.proxy import TrialFailed
-except ImportError:  # pragma: no cover - until evo_fpn.proxy lands
 
-    class TrialFailed(RuntimeError):  # type: ignore[no-redef]
-        """A trial that cannot produce a metric (e.g. non-finite loss); the worker goes on."""
+class SyntheticFailure(RuntimeError):
+    """The synthetic task's stand-in for ``evo_fpn.proxy.TrialFailed`` (no torch import needed)."""
 
 
 METRIC_ATTRS: tuple[str, ...] = (
@@ -63,7 +60,7 @@ class SyntheticTask:
     build on other cells, work at fine levels) plus a fixed per-architecture offset from the
     canonical hash, so samplers have a landscape to climb and equal networks score equally.
     ``sleep`` seconds are spent over ``steps`` intermediate reports (pruners see them);
-    ``fail_fraction`` of architectures (chosen by hash) raise :class:`TrialFailed`.
+    ``fail_fraction`` of architectures (chosen by hash) raise :class:`SyntheticFailure`.
     """
 
     SETTINGS = ("sleep", "steps", "noise", "fail_fraction")
@@ -108,7 +105,7 @@ class SyntheticTask:
     def evaluate(self, spec: ArchSpec, trial: optuna.Trial | None = None) -> dict[str, Any]:
         h = spec.canonical_hash()
         if self.fail_fraction and int(h[8:16], 16) / 0xFFFFFFFF < self.fail_fraction:
-            raise TrialFailed("synthetic failure (loss became NaN)")
+            raise SyntheticFailure("synthetic failure (loss became NaN)")
         ap = self.score(spec)
         t0 = time.perf_counter()
         for step in range(self.steps):
@@ -137,8 +134,11 @@ class SyntheticTask:
 class Objective:
     """``study.optimize`` objective: suggest a spec, re-use a duplicate or evaluate it.
 
-    ``on_start`` runs first thing in every trial (the runner releases its budget lock there,
-    once the trial exists). ``artifact_store``: where the architecture picture is uploaded.
+    ``failures``: exception types that fail only this trial (``evo_fpn.proxy.TrialFailed``);
+    their message becomes the ``fail_reason`` user attr, and the runner passes the same types
+    to ``study.optimize(catch=...)`` so the worker goes on. ``on_start`` runs first thing in
+    every trial (the runner releases its budget lock there, once the trial exists).
+    ``artifact_store``: where the architecture picture is uploaded.
     """
 
     def __init__(
@@ -146,12 +146,16 @@ class Objective:
         *,
         space: NasFpnSpace,
         task: Task,
+        failures: tuple[type[BaseException], ...] = (),
         dedup: bool = True,
         artifact_store: Any | None = None,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         if not isinstance(space, NasFpnSpace):
             raise TypeError("space must be a NasFpnSpace")
+        if not isinstance(failures, tuple) or not all(isinstance(f, type) for f in failures):
+            raise TypeError("failures must be a tuple of exception types")
+        self.failures = failures
         self.space = space
         self.task = task
         self.dedup = dedup
@@ -177,7 +181,7 @@ class Objective:
                 return reuse(trial, earlier)
         try:
             metrics = self.task.evaluate(spec, trial)
-        except TrialFailed as exc:
+        except self.failures as exc:
             trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
             raise
         return float(metrics["ap"])

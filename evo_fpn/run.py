@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn import storage as st
-from evo_fpn.cli import UsageError, guard, register_user_error
+from evo_fpn.cli import UsageError, guard
 from evo_fpn.config import (
     DEVICES,
     OBJECTIVES,
@@ -54,7 +54,7 @@ from evo_fpn.config import (
     pruner_settings_for,
     sampler_settings_for,
 )
-from evo_fpn.objective import Objective, SyntheticTask, TrialFailed
+from evo_fpn.objective import Objective, SyntheticFailure, SyntheticTask
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
 
@@ -65,8 +65,15 @@ ENV_WORKER_INDEX = ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID
 
 
 # -- command line --------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error:`` line (exit 2) like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m evo_fpn.run",
         description="Start, resume or join a NAS-FPN search study (flags override studies/NAME.toml).",
     )
@@ -118,25 +125,38 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 
 # -- building blocks -----------------------------------------------------------------------
-def build_task(cfg: StudyConfig, *, progress: bool) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The task that scores a spec, its fingerprint part, and its resolved settings."""
+@dataclass
+class TaskInfo:
+    """The task that scores a spec, the exceptions that fail only one trial, and its identity."""
+
+    task: Any
+    failures: tuple[type[BaseException], ...]
+    fingerprint: dict[str, Any]
+    resolved: dict[str, Any]
+
+
+def build_task(cfg: StudyConfig, *, progress: bool) -> TaskInfo:
+    """The proxy task (imported only when used: it pulls in torch) or the synthetic stand-in."""
     if cfg.objective == "synthetic":
         try:
             task = SyntheticTask.from_settings(cfg.synthetic)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad [synthetic] settings: {exc}") from None
-        return task, {"objective": "synthetic", "task": task.fingerprint()}, {"synthetic": dict(cfg.synthetic)}
+        return TaskInfo(
+            task, (SyntheticFailure,), {"objective": "synthetic", "task": task.fingerprint()},
+            {"synthetic": dict(cfg.synthetic)},
+        )  # fmt: skip
     from evo_fpn import proxy
 
     base = proxy.PRESETS[cfg.preset].to_dict()
     unknown = sorted(set(cfg.proxy) - set(base))
     if unknown:
         raise ConfigError(f"unknown proxy field {unknown[0]!r}; known: {', '.join(sorted(base))}")
-    data = {**base, **cfg.proxy}
+    data = dict(cfg.proxy)
     if cfg.data is not None:
         data[_data_field(base)] = cfg.data
     try:
-        pcfg = proxy.ProxyConfig.from_dict(data)
+        pcfg = proxy.ProxyConfig.from_dict(data, base=proxy.PRESETS[cfg.preset])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad proxy settings: {exc}") from None
     if cfg.device == "cuda":
@@ -145,7 +165,9 @@ def build_task(cfg: StudyConfig, *, progress: bool) -> tuple[Any, dict[str, Any]
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda but no CUDA device is visible: use --device auto or cpu")
     task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress)
-    return task, {"objective": "proxy", "task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()}
+    return TaskInfo(
+        task, (proxy.TrialFailed,), {"objective": "proxy", "task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()}
+    )
 
 
 def _data_field(proxy_dict: dict[str, Any]) -> str:
@@ -157,26 +179,13 @@ def _data_field(proxy_dict: dict[str, Any]) -> str:
 
 def build_sampler(cfg: StudyConfig, *, seed: int, space: NasFpnSpace) -> optuna.samplers.BaseSampler:
     """The study's sampler, pinned to explicit settings so studies stay comparable."""
+    from evo_fpn.samplers import make_sampler
+
     settings = sampler_settings_for(cfg)
-    try:
-        from evo_fpn.samplers import make_sampler
-    except ImportError:  # pragma: no cover - until evo_fpn.samplers lands
-        make_sampler = _optuna_sampler
     try:
         return make_sampler(cfg.sampler, seed=seed, constraints=space, **settings)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad settings for sampler {cfg.sampler!r} ([sampler.{cfg.sampler}]): {exc}") from None
-
-
-def _optuna_sampler(name: str, *, seed: int | None = None, constraints: Any = None, **settings: Any):  # type: ignore[no-untyped-def]
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed, **settings)
-    if name == "tpe":
-        settings = {"multivariate": True, "constant_liar": True, **settings}
-        return optuna.samplers.TPESampler(seed=seed, **settings)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **settings)
-    raise ConfigError(f"sampler {name!r} is not available in this checkout: use random, tpe or nsga2")
 
 
 def build_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -226,7 +235,7 @@ class Prepared:
     cfg: StudyConfig
     url: str
     space: NasFpnSpace
-    task: Any
+    task: TaskInfo
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
     fingerprint: str
@@ -280,21 +289,21 @@ def prepare(args: argparse.Namespace) -> Prepared:
     sampler = build_sampler(cfg, seed=seed, space=space)
     pruner = build_pruner(cfg)
     show_progress = args.progress and not args.child
-    task, task_fp, task_resolved = build_task(cfg, progress=show_progress)
-    parts = {**task_fp, "space": cfg.space.to_dict()}
+    info = build_task(cfg, progress=show_progress)
+    parts = {**info.fingerprint, "space": cfg.space.to_dict()}
     st.check_storage(url)
-    task.prepare()  # dataset checks (DatasetError) before anything is written
+    info.task.prepare()  # dataset checks (DatasetError) before anything is written
     artifact_dir = Path(args.artifacts) if args.artifacts else _default_artifact_dir(url)
     return Prepared(
         cfg=cfg,
         url=url,
         space=space,
-        task=task,
+        task=info,
         sampler=sampler,
         pruner=pruner,
         fingerprint=fingerprint(parts),
         fingerprint_parts=parts,
-        resolved={**cfg.to_dict(), **task_resolved},
+        resolved={**cfg.to_dict(), **info.resolved},
         artifact_dir=artifact_dir,
         seed=seed,
         index=index,
@@ -365,6 +374,11 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
                 study.set_user_attr("sampler_history", [*history, cfg.sampler])
         if study.user_attrs.get("n_trials") != cfg.n_trials:
             study.set_user_attr("n_trials", cfg.n_trials)
+        n_before = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
+        if n_before:
+            # A resumed run with the same seed would replay the first run's proposals: move the
+            # seed on by the study's size (still deterministic for a given study state).
+            study.sampler = build_sampler(cfg, seed=p.seed + 7919 * n_before, space=p.space)
     if cfg.runner.enqueue_references and not study.user_attrs.get("references_enqueued"):
         study.set_user_attr("references_enqueued", True)
         for name, spec in REFERENCE_SPECS.items():
@@ -372,9 +386,15 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
     return study, created
 
 
-def _wait_for_fingerprint(study: optuna.Study, wait_s: float = 10.0) -> str | None:
+FINGERPRINT_WAIT_S = 10.0
+"""How long a joining worker waits for the creator to record a new study's fingerprint."""
+
+
+def _wait_for_fingerprint(study: optuna.Study) -> str | None:
     """The stored fingerprint; a study another worker just created may take a moment."""
-    deadline = time.monotonic() + wait_s
+    if study._storage.get_all_trials(study._study_id, deepcopy=False):
+        return study._storage.get_study_user_attrs(study._study_id).get("fingerprint")
+    deadline = time.monotonic() + FINGERPRINT_WAIT_S
     while True:
         fp = study._storage.get_study_user_attrs(study._study_id).get("fingerprint")
         if fp is not None or time.monotonic() >= deadline:
@@ -478,7 +498,7 @@ def run_worker(
             else:
                 action = "run"
                 seen["last"] = None
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[on_trial, *callbacks])
+                study.optimize(objective, n_trials=1, catch=objective.failures, callbacks=[on_trial, *callbacks])
         finally:
             lock.release()
         if action == "wait":
@@ -502,12 +522,13 @@ def run_worker(
 
 
 def _figures_callback() -> list[Callable[[optuna.Study, FrozenTrial], None]]:
-    try:
-        import optuna_dashboard  # noqa: F401
+    """Refresh the dashboard's study figures every few trials (when optuna-dashboard is installed)."""
+    import importlib.util
 
-        from evo_fpn.report import StudyFiguresCallback
-    except ImportError:
+    if importlib.util.find_spec("optuna_dashboard") is None:
         return []
+    from evo_fpn.report import StudyFiguresCallback
+
     return [StudyFiguresCallback(every=5)]
 
 
@@ -622,19 +643,9 @@ def _fmt_s(seconds: float) -> str:
 
 
 # -- main ------------------------------------------------------------------------------------
-def _register_errors() -> None:
-    try:
-        from evo_fpn.data import DatasetError
-
-        register_user_error(DatasetError)
-    except ImportError:  # pragma: no cover
-        pass
-
-
 @guard
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _register_errors()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = build_parser().parse_args(argv)
@@ -669,7 +680,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from evo_fpn.report import make_artifact_store
 
                 store = make_artifact_store(p.artifact_dir)
-            objective = Objective(space=p.space, task=p.task, dedup=cfg.runner.dedup, artifact_store=store)
+            objective = Objective(
+                space=p.space, task=p.task.task, failures=p.task.failures, dedup=cfg.runner.dedup, artifact_store=store
+            )
             lock = st.BudgetLock(p.url, cfg.name)
             try:
                 run_worker(

@@ -1,0 +1,159 @@
+"""Compare finished studies: ``python -m evo_fpn.compare STUDY... [--storage URL]``.
+
+Prints one row per study (sampler, finished trials, best AP, best AP after the same number
+of trials for every study, time). Studies are only comparable when they measured the same
+thing, so studies with different fingerprints (proxy task or search space) are refused.
+
+Without ``--storage`` each study is read from its default place, ``studies/NAME.db``
+(or ``$EVO_FPN_STORAGE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evo_fpn import storage as st
+from evo_fpn.cli import UsageError, guard
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """What the comparison table shows of one study."""
+
+    name: str
+    sampler: str
+    fingerprint: str
+    budget: int | None
+    finished: int
+    failed: int
+    best_ap: float | None
+    curve: tuple[float | None, ...]  # best AP after 1, 2, ... finished trials (completion order)
+    seconds: float
+
+    def best_after(self, n: int) -> float | None:
+        return self.curve[n - 1] if 0 < n <= len(self.curve) else None
+
+
+def study_row(study: optuna.Study) -> StudyRow:
+    trials = study.get_trials(deepcopy=False)
+    finished = sorted((t for t in trials if t.state in FINISHED), key=_completed_at)
+    curve: list[float | None] = []
+    best: float | None = None
+    for t in finished:
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = t.value if best is None else max(best, t.value)
+        curve.append(best)
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    attrs = study.user_attrs
+    sampler = str(attrs.get("sampler", "?"))
+    history = attrs.get("sampler_history")
+    if isinstance(history, list) and len(history) > 1:
+        sampler = "+".join(str(h) for h in history)
+    return StudyRow(
+        name=study.study_name,
+        sampler=sampler,
+        fingerprint=str(attrs.get("fingerprint", "")),
+        budget=attrs.get("n_trials"),
+        finished=len(finished),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        best_ap=best,
+        curve=tuple(curve),
+        seconds=seconds,
+    )
+
+
+def _completed_at(t: FrozenTrial) -> tuple:
+    return (t.datetime_complete or t.datetime_start, t.number)
+
+
+def load_rows(names: Sequence[str], storage: str | None) -> list[StudyRow]:
+    """Read each study (nothing is written); one-line errors for missing ones."""
+    rows = []
+    for name in names:
+        url = st.resolve_url(storage, name)
+        st.check_storage(url)
+        path = st.sqlite_path(url)
+        if path is not None and not path.exists():
+            raise UsageError(f"no study {name!r}: {path} does not exist (run it first, or pass --storage URL)")
+        if not st.study_exists(url, name):
+            raise UsageError(f"no study {name!r} in {st.mask_url(url)}: check the name or --storage")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.load_study(study_name=name, storage=st.normalise_url(url))
+        rows.append(study_row(study))
+    return rows
+
+
+def check_comparable(rows: Sequence[StudyRow]) -> None:
+    missing = [r.name for r in rows if not r.fingerprint]
+    if missing:
+        raise UsageError(f"study {missing[0]!r} has no fingerprint (not made by evo_fpn.run): it cannot be compared")
+    fps = {r.fingerprint for r in rows}
+    if len(fps) > 1:
+        groups = ", ".join(f"{r.name}={r.fingerprint}" for r in rows)
+        raise UsageError(
+            f"these studies measured different things (proxy task or search space differ: {groups}): "
+            "compare only studies with the same fingerprint"
+        )
+
+
+def format_table(rows: Sequence[StudyRow]) -> str:
+    at = min((r.finished for r in rows), default=0)
+    head = ("study", "sampler", "trials", "failed", "best AP", f"best AP @{at}", "time")
+    body = []
+    for r in sorted(rows, key=lambda r: -(r.best_after(at) or -1.0)):
+        trials = f"{r.finished}/{r.budget}" if r.budget else str(r.finished)
+        body.append(
+            (r.name, r.sampler, trials, str(r.failed), _ap(r.best_ap), _ap(r.best_after(at)), _duration(r.seconds))
+        )
+    table = [head, *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    fp = rows[0].fingerprint if rows else ""
+    lines.append(f"fingerprint {fp}; 'best AP @{at}': best AP after the first {at} finished trials of each study")
+    return "\n".join(lines)
+
+
+def _ap(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+@guard
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _Parser(prog="python -m evo_fpn.compare", description="Compare studies that measured the same thing.")
+    p.add_argument("studies", nargs="+", metavar="STUDY")
+    p.add_argument("--storage", help="storage URL holding all the studies (default: studies/NAME.db each)")
+    args = p.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if len(set(args.studies)) != len(args.studies):
+        raise UsageError("a study is named twice: name each study once")
+    rows = load_rows(args.studies, args.storage)
+    check_comparable(rows)
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The runner on SQLite: budget, resume after a crash, fingerprints, duplicates, failures, bad input.
+
+Mechanics run on the synthetic objective (same plumbing, no training); bad inputs are run
+both in-process (fast) and once as a real ``python -m evo_fpn.run`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from run_worker import load, run, start, states, wait_for, write_study
+
+from evo_fpn.run import main
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def url_of(tmp_path: Path, name: str = "syn") -> str:
+    return f"sqlite:///{tmp_path / 'studies' / (name + '.db')}"
+
+
+def cli(*args: str) -> int:
+    return main([*args, "--no-progress"])
+
+
+def test_fresh_run_finishes_the_budget_and_records_everything(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_study(tmp_path, n_trials=3)
+    assert cli("--study", "syn.toml") == 0
+    out = capsys.readouterr().out
+    study = load(url_of(tmp_path))
+    assert states(study) == {"COMPLETE": 3}
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    attrs = study.user_attrs
+    assert len(attrs["fingerprint"]) == 16 and attrs["sampler"] == "random" and attrs["n_trials"] == 3
+    assert attrs["config"]["objective"] == "synthetic" and attrs["code_version"].startswith("0.")
+    best = max(study.trials, key=lambda t: t.value)
+    for t in study.trials:
+        assert {"worker", "spec", "spec_hash", "ap", "ap50", "ap_small"} <= set(t.user_attrs)
+        assert t.value == pytest.approx(t.user_attrs["ap"])
+    # summary: best trial, its architecture table, AP breakdown, the dashboard command
+    assert f"best trial #{best.number}: AP {best.value:.4f}" in out
+    assert "cell   level  op" in out and "AP50" in out and "APs" in out
+    assert "optuna-dashboard sqlite:///studies/syn.db --artifact-dir" in out
+    assert (tmp_path / "studies" / "artifacts").is_dir()
+
+
+def test_resume_after_a_crash_finishes_the_budget_and_no_more(tmp_path: Path) -> None:
+    """SIGKILL a run mid-trial; the rerun fails the stale trial, retries it, and stops at the budget."""
+    write_study(tmp_path, n_trials=4, sleep=1.5)
+    url = url_of(tmp_path)
+    proc = start(["--study", "syn.toml"], tmp_path)
+    db = tmp_path / "studies" / "syn.db"
+
+    def second_trial_evaluating() -> bool:
+        # evaluating (spec decided), not half-way through suggesting its params; read-only SQL
+        # so the poll never takes a write lock from the worker
+        if not db.exists():
+            return False
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                    "WHERE t.state = 'RUNNING' AND t.number >= 1 AND a.key = 'spec'"
+                ).fetchone()
+        except sqlite3.OperationalError:  # tables not created yet
+            return False
+        return bool(row and row[0])
+
+    try:
+        wait_for(second_trial_evaluating, 90, "the second trial to start", poll=0.1)
+    except AssertionError:
+        proc.kill()
+        raise AssertionError(f"worker never reached trial 1: {proc.communicate()[1][-2000:]}") from None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = load(url)
+    killed = [t for t in before.trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1 and states(before).get("COMPLETE", 0) >= 1
+    assert cli("--study", "syn.toml", "--set", "synthetic.sleep=0.0") == 0
+    study = load(url)
+    assert states(study) == {"COMPLETE": 4, "FAIL": 1}
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == killed[0].params
+    # a third run has nothing left to do
+    assert cli("--study", "syn.toml") == 0
+    assert len(load(url).trials) == 5
+    # a larger budget continues the same study to the new total
+    assert cli("--study", "syn.toml", "--n-trials", "6") == 0
+    assert states(load(url)) == {"COMPLETE": 6, "FAIL": 1}
+
+
+def test_different_fingerprint_is_refused_and_new_study_starts_fresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_study(tmp_path, n_trials=2)
+    assert cli("--study", "syn.toml") == 0
+    capsys.readouterr()
+    db = tmp_path / "studies" / "syn.db"
+    size = db.stat().st_size
+    assert cli("--study", "syn.toml", "--set", "synthetic.noise=0.2") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "different proxy task or search space" in err
+    assert "synthetic.noise" in err and "--new-study" in err
+    assert len(load(url_of(tmp_path)).trials) == 2 and db.stat().st_size == size
+    assert cli("--study", "syn.toml", "--set", "synthetic.noise=0.2", "--new-study", "syn-b") == 0
+    other = load(url_of(tmp_path, "syn-b"), "syn-b")
+    assert (
+        states(other) == {"COMPLETE": 2}
+        and other.user_attrs["fingerprint"] != load(url_of(tmp_path)).user_attrs["fingerprint"]
+    )
+
+
+def test_duplicate_architectures_reuse_earlier_metrics(tmp_path: Path) -> None:
+    # Two levels, sum only: at most 6 distinct networks, so 10 trials must repeat some.
+    space = {"min_level": 3, "max_level": 4, "num_cells": 2, "num_intermediate": 0, "ops": ["sum"]}
+    write_study(tmp_path, n_trials=10, space=space)
+    assert cli("--study", "syn.toml") == 0
+    study = load(url_of(tmp_path))
+    by_number = {t.number: t for t in study.trials}
+    cached = [t for t in study.trials if "cached_from" in t.user_attrs]
+    assert cached and states(study) == {"COMPLETE": 10}
+    for t in cached:
+        src = by_number[t.user_attrs["cached_from"]]
+        assert src.number < t.number and "cached_from" not in src.user_attrs
+        assert src.user_attrs["spec_hash"] == t.user_attrs["spec_hash"] and src.value == t.value
+        assert t.user_attrs["ap"] == src.user_attrs["ap"] and "train_seconds" not in t.user_attrs
+    hashes = [t.user_attrs["spec_hash"] for t in study.trials if "cached_from" not in t.user_attrs]
+    assert len(hashes) == len(set(hashes))
+    # --no-dedup trains every duplicate again
+    assert cli("--study", "syn.toml", "--new-study", "nodedup", "--no-dedup") == 0
+    nd = load(url_of(tmp_path, "nodedup"), "nodedup")
+    assert not any("cached_from" in t.user_attrs for t in nd.trials)
+    assert len({t.user_attrs["spec_hash"] for t in nd.trials}) < 10
+
+
+def test_failed_trials_are_recorded_and_the_worker_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_study(tmp_path, n_trials=4, synthetic={"fail_fraction": 0.4})
+    assert cli("--study", "syn.toml") == 0
+    study = load(url_of(tmp_path))
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert states(study)["COMPLETE"] == 4 and failed
+    assert all(t.user_attrs["fail_reason"] == "synthetic failure (loss became NaN)" for t in failed)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_enqueue_references_puts_published_and_fpn_first(tmp_path: Path) -> None:
+    write_study(tmp_path, n_trials=3)
+    assert cli("--study", "syn.toml", "--enqueue-references") == 0
+    study = load(url_of(tmp_path))
+    first = sorted(study.trials, key=lambda t: t.number)[:2]
+    assert [t.user_attrs["reference"] for t in first] == ["published", "fpn"]
+    assert first[0].user_attrs["spec_hash"] == PUBLISHED_NASFPN.canonical_hash()
+    assert first[1].user_attrs["spec_hash"] == FPN_LIKE.canonical_hash()
+    assert study.user_attrs["references_enqueued"] is True
+
+
+def test_pruned_trials_count_towards_the_budget(tmp_path: Path) -> None:
+    write_study(tmp_path, n_trials=8, synthetic={"steps": 4}, extra='[pruner]\nname = "median"\n')
+    text = (tmp_path / "syn.toml").read_text().replace('[pruner]\nname = "median"\n', "")
+    (tmp_path / "syn.toml").write_text(text + '\n[pruner]\nname = "median"\n[pruner.median]\nn_startup_trials = 2\n')
+    assert cli("--study", "syn.toml") == 0
+    study = load(url_of(tmp_path))
+    s = states(study)
+    assert s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 8 and s.get("PRUNED", 0) >= 1
+
+
+def _sqlite_files(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in tmp_path.rglob("*") if p.suffix in (".db", ".sqlite3") or p.name.endswith("-wal"))
+
+
+BAD_INPUTS = [
+    (["--study", "nonexistent"], "unknown study 'nonexistent'"),
+    (["--study", "missing/file.toml"], "does not exist"),
+    (["--study", "syn.toml", "--sampler", "annealing"], "invalid choice: 'annealing'"),
+    (["--study", "syn.toml", "--pruner", "guess"], "invalid choice: 'guess'"),
+    (["--study", "bad.toml"], "is not valid TOML"),
+    (["--study", "badkey.toml"], "unknown key 'n_trial'"),
+    (["--study", "syn.toml", "--storage", "not a url"], "invalid storage URL"),
+    (["--study", "syn.toml", "--storage", "mysql://u:secret@h/db"], "unsupported storage 'mysql'"),
+    (["--study", "syn.toml", "--storage", "sqlite://"], "in-memory SQLite"),
+    (["--study", "syn.toml", "--n-trials", "0"], "n_trials must be an integer >= 1"),
+    (["--study", "syn.toml", "--n-trials", "-2"], "n_trials must be an integer >= 1"),
+    (["--study", "syn.toml", "--timeout", "0"], "timeout must be a positive number"),
+    (["--study", "syn.toml", "--workers", "2"], "SQLite is for one process"),
+    (["--study", "syn.toml", "--workers", "0"], "--workers must be >= 1"),
+    (["--study", "syn.toml", "--set", "synthetic.fail_fraction=2"], "fail_fraction"),
+    (["--study", "syn.toml", "--set", "nonsense"], "KEY=VALUE"),
+    (["--study", "syn.toml", "--new-study", "../x"], "study name"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), BAD_INPUTS, ids=[n for _, n in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], needle: str
+) -> None:
+    write_study(tmp_path, n_trials=2)
+    (tmp_path / "bad.toml").write_text("n_trials = = 3\n")
+    (tmp_path / "badkey.toml").write_text("n_trial = 3\n")
+    assert cli(*args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert "Traceback" not in captured.err and "secret" not in captured.err
+    assert _sqlite_files(tmp_path) == [] and not (tmp_path / "studies").exists()
+
+
+def test_bad_input_as_a_real_command_has_no_traceback(tmp_path: Path) -> None:
+    write_study(tmp_path, n_trials=2)
+    proc = run(["--study", "syn.toml", "--storage", "postgresql+psycopg://u:hunter2@/"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "names no database" in proc.stderr
+    assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_existing_non_evo_fpn_study_is_not_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("evo_fpn.run.FINGERPRINT_WAIT_S", 0.5)
+    write_study(tmp_path, n_trials=2)
+    (tmp_path / "studies").mkdir()
+    url = url_of(tmp_path)
+    optuna.create_study(study_name="syn", storage=url, direction="maximize")
+    assert cli("--study", "syn.toml") == 2
+    assert "not made by evo_fpn.run" in capsys.readouterr().err
+    assert load(url).trials == []
+
+
+def test_study_attrs_are_plain_json(tmp_path: Path) -> None:
+    write_study(tmp_path, n_trials=1)
+    assert cli("--study", "syn.toml") == 0
+    db = sqlite3.connect(tmp_path / "studies" / "syn.db")
+    rows = dict(db.execute("SELECT key, value_json FROM study_user_attributes").fetchall())
+    db.close()
+    config = json.loads(rows["config"])
+    assert config["synthetic"]["sleep"] == 0.0 and config["space"]["num_cells"] == 7
+    assert json.loads(rows["fingerprint_parts"])["objective"] == "synthetic"
+    assert os.path.basename(config["source"]) == "syn.toml"
