@@ -210,7 +210,11 @@ def open_storage(
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    # Workers starting together on a fresh database would race to create Optuna's tables
+    # (PostgreSQL then raises UniqueViolation): create them one worker at a time.
+    schema_lock = BudgetLock(url, "\x00schema")
     try:
+        schema_lock.acquire()
         storage = optuna.storages.RDBStorage(
             parsed.render_as_string(hide_password=False),
             engine_kwargs=engine_kwargs(url),
@@ -220,6 +224,8 @@ def open_storage(
         )
     except sqlalchemy.exc.OperationalError as exc:
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
+    finally:
+        schema_lock.close()
     if path is not None:
         # Every suggest is a commit: WAL + synchronous=NORMAL makes them cheap (safe against a
         # crashed process, not a crashed OS) and lets optuna-dashboard read while we write.
