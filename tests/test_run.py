@@ -219,6 +219,32 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert _sqlite_files(tmp_path) == [] and not (tmp_path / "studies").exists()
 
 
+def _malformed_dataset(root: Path) -> Path:
+    (root / "annotations").mkdir(parents=True)
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    (root / "annotations" / "instances_train.json").write_text('{"images": [ {"id": 1,, }')
+    (root / "annotations" / "instances_val.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    return root
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [("no/such/folder", "dataset folder"), ("coco_bad", "instances_train.json: not valid JSON")],
+    ids=["missing dataset", "malformed annotations"],
+)
+def test_dataset_problems_with_the_real_proxy_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, data: str, needle: str
+) -> None:
+    _malformed_dataset(tmp_path / "coco_bad")
+    assert cli("--study", "quick", "--data", data, "--device", "cpu") == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert "Traceback" not in captured.err
+    assert _sqlite_files(tmp_path) == [] and not (tmp_path / "studies").exists()
+
+
 def test_bad_input_as_a_real_command_has_no_traceback(tmp_path: Path) -> None:
     write_study(tmp_path, n_trials=2)
     proc = run(["--study", "syn.toml", "--storage", "postgresql+psycopg://u:hunter2@/"], tmp_path)
