@@ -1,10 +1,10 @@
 """Make real, small studies with the project for the dashboard and figure tests.
 
-The study is searched with the project's space (:class:`evo_fpn.space.NasFpnSpace`) and
-sampler (``evo_fpn.samplers.make_sampler``, when present), its costs are counted by
-:mod:`evo_fpn.cost`, and every trial carries the user-attr contract and its architecture
-artifact. Only the AP is synthetic (a fixed function of the architecture plus a per-trial
-jitter), so a study of 40 trials takes a few seconds instead of hours of training.
+:func:`run_study` runs the real runner (``python -m evo_fpn.run``) on its synthetic
+objective. :func:`make_study` searches with the project's space and sampler, counts each
+neck's params and FLOPs with :mod:`evo_fpn.cost` and writes the user-attr contract and the
+architecture artifact itself; only its AP is synthetic (a fixed function of the
+architecture plus a per-trial jitter). Both take seconds instead of hours of training.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import shlex
 import shutil
@@ -146,14 +147,83 @@ def _scratch_dir() -> Path:
     return path
 
 
+STUDY_TOML = """\
+description = "dashboard test study {name}"
+n_trials = {n_trials}
+seed = {seed}
+objective = "synthetic"
+
+[sampler]
+name = "{sampler}"
+[sampler.evolution]
+population_size = 8
+sample_size = 3
+
+[pruner]
+name = "{pruner}"
+
+[synthetic]
+sleep = 0.0
+steps = 2
+noise = {noise}
+
+[runner]
+enqueue_references = {references}
+"""
+
+
+def run_study(
+    storage: str,
+    name: str,
+    *,
+    sampler: str,
+    seed: int,
+    n_trials: int,
+    artifact_dir: Path,
+    references: bool = False,
+    pruner: str = "none",
+    noise: float = 0.01,
+) -> optuna.Study:
+    """Run the real runner (``python -m evo_fpn.run``, in-process) with the synthetic objective."""
+    from evo_fpn.run import main
+
+    folder = Path(tempfile.mkdtemp(prefix="evo_fpn_toml_"))
+    toml = folder / f"{name}.toml"
+    toml.write_text(
+        STUDY_TOML.format(
+            name=name,
+            n_trials=n_trials,
+            seed=seed,
+            sampler=sampler,
+            references=str(references).lower(),
+            pruner=pruner,
+            noise=noise,
+        )
+    )
+    argv = ["--study", str(toml), "--storage", storage, "--artifacts", str(artifact_dir), "--no-progress"]
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(out):
+        code = main(argv)
+    shutil.rmtree(folder, ignore_errors=True)
+    if code != 0:
+        raise RuntimeError(f"python -m evo_fpn.run {' '.join(argv)} exited {code}: {out.getvalue()[-2000:]}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 @dataclass(frozen=True)
 class SharedStudies:
-    """Four small studies in one SQLite file: evolution and random search, two seeds each."""
+    """Small studies in one SQLite file, shared by the dashboard tests.
+
+    ``evolution`` (no pruner) and ``random`` (median pruner), two seeds each, are made by the
+    real runner CLI on its synthetic objective; ``costed`` (random search) by
+    :func:`make_study`, whose objective also records the neck's params and FLOPs (counted by
+    :mod:`evo_fpn.cost`) that the runner's synthetic objective leaves out.
+    """
 
     storage: str
     artifact_dir: Path
     evolution: tuple[str, ...]
     random: tuple[str, ...]
+    costed: str
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -165,23 +235,18 @@ class SharedStudies:
 
 @functools.lru_cache(maxsize=1)
 def shared_studies() -> SharedStudies:
-    """Made once per test process (a few seconds) and shared by the dashboard tests.
-
-    ``evo-0`` evaluates the published NAS-FPN twice first, so it holds a duplicate
-    (``cached_from``); every study uploads its architecture artifacts.
-    """
-    from evo_fpn.spec import PUBLISHED_NASFPN
-
+    """Made once per test process (seconds, in RAM)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = _scratch_dir()
     storage = f"sqlite:///{root / 'studies.db'}"
     artifacts = root / "artifacts"
     for seed in (0, 1):
-        enqueue = (PUBLISHED_NASFPN, PUBLISHED_NASFPN) if seed == 0 else ()
-        make_study(storage, f"evo-{seed}", sampler="evolution", seed=seed, n_trials=24, artifact_dir=artifacts,
-                   enqueue=enqueue)  # fmt: skip
-        make_study(storage, f"random-{seed}", sampler="random", seed=seed, n_trials=16, artifact_dir=artifacts)
-    return SharedStudies(storage, artifacts, ("evo-0", "evo-1"), ("random-0", "random-1"))
+        run_study(storage, f"evo-{seed}", sampler="evolution", seed=seed, n_trials=24, artifact_dir=artifacts)
+        run_study(
+            storage, f"random-{seed}", sampler="random", seed=seed, n_trials=16, artifact_dir=artifacts, pruner="median"
+        )
+    make_study(storage, "costed-0", sampler="random", seed=0, n_trials=20, artifact_dir=artifacts)
+    return SharedStudies(storage, artifacts, ("evo-0", "evo-1"), ("random-0", "random-1"), "costed-0")
 
 
 def free_port() -> int:

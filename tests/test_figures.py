@@ -104,8 +104,8 @@ def test_pareto_front() -> None:
 
 
 def test_ap_vs_flops_marks_the_front_and_pruned(studies) -> None:
-    name = next(n for n in studies.names if any(t.state == TrialState.PRUNED for t in studies.load(n).trials))
-    study = studies.load(name)
+    study = studies.load(studies.costed)
+    assert any(t.state == TrialState.PRUNED for t in study.trials)
     fig = figures.ap_vs_flops_figure(StudyData.from_study(study))
     traces = {t.name.split(" (")[0]: t for t in fig.data}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -121,13 +121,21 @@ def test_ap_vs_flops_marks_the_front_and_pruned(studies) -> None:
 
 
 def test_unique_architectures_counts_canonical_hashes(studies) -> None:
-    study = studies.load("evo-0")
-    fig = figures.unique_architectures_figure([StudyData.from_study(study)])
-    curve = fig.data[0]
-    hashes = [t.user_attrs["spec_hash"] for t in study.trials]
-    assert list(curve.y) == [len(set(hashes[: i + 1])) for i in range(len(hashes))]
-    assert curve.y[1] == 1, "trial 1 repeats the published spec of trial 0"
-    assert study.trials[1].user_attrs["cached_from"] == 0
+    datas = [StudyData.from_study(studies.load(n)) for n in studies.names]
+    fig = figures.unique_architectures_figure(datas)
+    duplicates = 0
+    for name, curve in zip(studies.names, fig.data, strict=False):
+        study = studies.load(name)
+        assert curve.name.startswith(name)
+        hashes = [t.user_attrs["spec_hash"] for t in study.trials]
+        assert list(curve.y) == [len(set(hashes[: i + 1])) for i in range(len(hashes))]
+        for t in study.trials:
+            if "cached_from" in t.user_attrs:  # the runner re-used an earlier result
+                duplicates += 1
+                assert hashes[t.user_attrs["cached_from"]] == hashes[t.number]
+                assert curve.y[t.number] == curve.y[t.number - 1]
+    assert duplicates > 0, "evolution proposes some architectures twice in these small studies"
+    assert fig.data[-1].name == "all distinct"
 
 
 def test_decision_frequencies_are_shares_per_window(studies, evo: StudyData) -> None:
