@@ -15,7 +15,6 @@ import functools
 import hashlib
 import io
 import json
-import shlex
 import shutil
 import socket
 import subprocess
@@ -261,11 +260,10 @@ def dashboard_server(storage: str, artifact_dir: Path, *, timeout: float = 60.0)
 
     Yields the base URL once ``/api/meta`` answers; stops the server afterwards.
     """
-    from evo_fpn.report import dashboard_command
-
     port = free_port()
-    cmd = [*shlex.split(dashboard_command(storage, artifact_dir)), "--host", "127.0.0.1", "--port", str(port)]
-    cmd[0] = shutil.which(cmd[0]) or cmd[0]
+    exe = shutil.which("optuna-dashboard") or "optuna-dashboard"
+    # the command dashboard_command() prints (unmasked here), bound to a free loopback port
+    cmd = [exe, storage, "--artifact-dir", str(artifact_dir), "--host", "127.0.0.1", "--port", str(port)]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -175,3 +175,37 @@ def test_cli_user_errors_are_one_line(studies, tmp_path: Path, capsys) -> None:
     assert dashboard.main(["--study", "x", "--storage", missing]) == 2
     assert "no storage file" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.postgres
+def test_optuna_dashboard_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """The README's PostgreSQL route: the runner writes there, optuna-dashboard reads it."""
+    from study_factory import run_study
+
+    artifacts = tmp_path / "artifacts"
+    study = run_study(pg_url, "pg-evo", sampler="evolution", seed=0, n_trials=6, artifact_dir=artifacts)
+    cmd = report.dashboard_command(pg_url, artifacts)
+    assert "***" in cmd and cmd.endswith(f"--artifact-dir {artifacts}")
+    with dashboard_server(pg_url, artifacts) as base:
+        (summary,) = get_json(base + "/api/studies")["study_summaries"]
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+        assert [t["number"] for t in detail["trials"]] == [t.number for t in study.trials]
+        assert all(t["artifacts"][0]["mimetype"] == "image/svg+xml" for t in detail["trials"])
+        assert {g["id"] for g in detail["plotly_graph_objects"]} >= {"best-so-far-ap", "unique-architectures"}
+
+
+def test_cli_default_storage_is_each_studys_own_file(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Without --storage, studies are found where the runner puts them: studies/NAME.db."""
+    from study_factory import _scratch_dir, run_study
+
+    work = _scratch_dir()  # in RAM: SQLite commits on disk are slow on shared machines
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    for name in ("demo-a", "demo-b"):
+        run_study(f"sqlite:///studies/{name}.db", name, sampler="random", seed=0, n_trials=3,
+                  artifact_dir=work / "studies" / "artifacts")  # fmt: skip
+    assert dashboard.main(["--study", "demo-a", "--compare", "demo-*"]) == 0
+    written = ["dashboards/out/demo-a.html", "dashboards/out/compare-demo-a-demo-b.html"]
+    assert capsys.readouterr().out.split() == written
+    assert dashboard.main(["--study", "demo-c"]) == 2
+    assert "studies/*.db" in capsys.readouterr().err
