@@ -28,6 +28,7 @@ A study file (all keys optional; unknown keys are refused so typos do not pass s
     max_retry = 2
     dedup = true
     enqueue_references = false
+    figures_every = 10       # refresh optuna-dashboard figures every N trials (0: at the end only)
 
 The *fingerprint* hashes what makes results comparable (the proxy task and the search space);
 a stored study refuses to be resumed with a different one.
@@ -75,12 +76,14 @@ class RunnerConfig:
     dedup: bool = True
     enqueue_references: bool = False
     max_consecutive_failures: int = 10
+    figures_every: int = 10  # refresh the dashboard's study figures every N finished trials (0: only at the end)
 
     def __post_init__(self) -> None:
         _check_int(self.heartbeat_interval, "runner.heartbeat_interval", 1)
         _check_int(self.grace_period, "runner.grace_period", 1)
         _check_int(self.max_retry, "runner.max_retry", 0)
         _check_int(self.max_consecutive_failures, "runner.max_consecutive_failures", 1)
+        _check_int(self.figures_every, "runner.figures_every", 0)
         if self.grace_period <= self.heartbeat_interval:
             raise ConfigError(
                 f"runner.grace_period ({self.grace_period}) must exceed runner.heartbeat_interval "

@@ -521,15 +521,15 @@ def run_worker(
         progress.update(*count_trials(study))
 
 
-def _figures_callback() -> list[Callable[[optuna.Study, FrozenTrial], None]]:
+def _figures_callback(every: int) -> list[Callable[[optuna.Study, FrozenTrial], None]]:
     """Refresh the dashboard's study figures every few trials (when optuna-dashboard is installed)."""
     import importlib.util
 
-    if importlib.util.find_spec("optuna_dashboard") is None:
+    if every < 1 or importlib.util.find_spec("optuna_dashboard") is None:
         return []
     from evo_fpn.report import StudyFiguresCallback
 
-    return [StudyFiguresCallback(every=5)]
+    return [StudyFiguresCallback(every=every)]
 
 
 # -- many local workers ------------------------------------------------------------------------
@@ -691,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     n_trials=cfg.n_trials,
                     lock=lock,
                     timeout=cfg.timeout,
-                    callbacks=_figures_callback(),
+                    callbacks=_figures_callback(cfg.runner.figures_every),
                     progress=progress,
                     max_consecutive_failures=cfg.runner.max_consecutive_failures,
                 )
