@@ -6,10 +6,11 @@ sampler then runs ``--trials`` more trials (ask, ``NasFpnSpace.suggest``, tell) 
 proxy times every call Optuna makes into it (``infer_relative_search_space``,
 ``sample_relative``, ``sample_independent``, ``before_trial``, ``after_trial``), including the
 storage reads and attribute writes those calls do. Reported: the median per trial (the
-headline), the mean, and the first trial alone (where the RL sampler replays the whole
-history once per process). The storage's own cache is warmed before timing, so reading 10k
-trials from SQLite once is not billed to a sampler. All samplers are measured side by side
-in one run.
+headline), split into compute and the trial-attribute writes (lineage / log-probs: one
+commit each on SQLite), the mean, the first trial alone (where the RL sampler replays the
+whole history once per process), and the whole trial (ask + suggest + tell) for scale.
+The storage's own cache is warmed before timing, so reading 10k trials from SQLite once is
+not billed to a sampler. All samplers are measured side by side in one run.
 
     nice -n 10 python -m benchmarks.bench_sampler_overhead
     nice -n 10 python -m benchmarks.bench_sampler_overhead --sizes 1000 --storages memory --trials 10
@@ -150,18 +151,42 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
     timed = Timed(inner)
     study.sampler = timed
     study._get_trials(deepcopy=False)  # warm the storage cache: not the sampler's cost
-    per_trial = []
+    storage = study._storage
+    writes = {"s": 0.0, "n": 0}
+
+    def timed_write(fn: Any) -> Any:  # attribute writes: in this bench only samplers write attrs
+        def wrapper(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                writes["s"] += time.perf_counter() - t0
+                writes["n"] += 1
+
+        return wrapper
+
+    storage.set_trial_system_attr = timed_write(storage.set_trial_system_attr)  # type: ignore[method-assign]
+    storage.set_trial_user_attr = timed_write(storage.set_trial_user_attr)  # type: ignore[method-assign]
+    per_trial, per_write, whole = [], [], []
     for _ in range(n_trials):
-        timed.elapsed = 0.0
+        timed.elapsed, writes["s"], writes["n"] = 0.0, 0.0, 0
+        t0 = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
         study.tell(trial, land(trial.params))
+        whole.append((time.perf_counter() - t0) * 1000)
         per_trial.append(timed.elapsed * 1000)
-    rest = per_trial[1:] or per_trial
+        per_write.append((writes["s"] * 1000, writes["n"]))
+    del storage.set_trial_system_attr, storage.set_trial_user_attr
+    k = 1 if n_trials > 1 else 0
     return {
-        "median_ms": statistics.median(rest),
-        "mean_ms": statistics.fmean(rest),
+        "median_ms": statistics.median(per_trial[k:]),
+        "mean_ms": statistics.fmean(per_trial[k:]),
         "first_ms": per_trial[0],
+        "attr_write_ms_median": statistics.median(w for w, _ in per_write[k:]),
+        "attr_writes_per_trial": statistics.median(n for _, n in per_write[k:]),
+        "compute_ms_median": statistics.median(t - w for t, (w, _) in zip(per_trial[k:], per_write[k:], strict=True)),
+        "whole_trial_ms_median": statistics.median(whole[k:]),
         "n": n_trials,
     }
 
@@ -181,6 +206,10 @@ def main() -> None:
     samplers = args.samplers.split(",")
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="evo_fpn_bench_"))
+    print(
+        "storage finished sampler   median ms (compute + attr writes (#))     mean   first ms  trial ms    n\n"
+        "  [sampler time per trial; first = the first trial (RL replays here); trial = ask+suggest+tell]"
+    )
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
             trials = history(size, space, land)
@@ -205,8 +234,9 @@ def main() -> None:
                     r.update(sampler=name, storage=storage, finished=size)
                     results.append(r)
                     print(
-                        f"{storage:7s} {size:6d} finished  {name:10s} median {r['median_ms']:8.2f} ms/trial  "
-                        f"mean {r['mean_ms']:8.2f}  first {r['first_ms']:9.1f} ms  (n={n})",
+                        f"{storage:7s} {size:6d} {name:10s} {r['median_ms']:9.2f} {r['compute_ms_median']:9.2f} "
+                        f"{r['attr_write_ms_median']:8.2f} ({r['attr_writes_per_trial']:.0f}) {r['mean_ms']:8.2f} "
+                        f"{r['first_ms']:10.1f} {r['whole_trial_ms_median']:10.1f} {n:4d}",
                         flush=True,
                     )
     finally:

@@ -184,6 +184,16 @@ def main() -> None:
             f"{ratio(args.trials):>8s} {ratio(rand_curve):>14s} {ratio(expected):>10s} "
             f"{s['seeds_reaching_target']:>3d}/{summary['seeds'][config]}"
         )
+    # a harder bar than random's best: trials (mean curve) to reach each sampler's final mean best
+    finals = {c: s["final_best_mean"] for c, s in summary["samplers"].items()}
+    summary["trials_to_reach_final_of"] = {
+        c: {b: first_reach(np.array(s["mean_curve"]), finals[b]) for b in finals}
+        for c, s in summary["samplers"].items()
+    }
+    print("\ntrials (mean curve) to reach the final mean best of column's sampler; '-' = not within the budget")
+    print(f"{'':16s}" + "".join(f"{b:>16s}" for b in finals))
+    for c, row in summary["trials_to_reach_final_of"].items():
+        print(f"{c:16s}" + "".join(f"{(str(v) if v else '-'):>16s}" for v in row.values()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))

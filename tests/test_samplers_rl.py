@@ -157,18 +157,19 @@ def test_policy_is_a_function_of_history_failed_excluded_pruned_floored() -> Non
     assert reordered[1] == 3 and reordered[0] != full[0]
 
 
-def test_late_trial_rewinds_to_the_same_policy_as_a_fresh_replay() -> None:
-    trials = _history([0.3 * ((i * 5) % 7) for i in range(17)])
+@pytest.mark.parametrize(("n", "batch", "every"), [(17, 4, 2), (41, 2, 1)])  # 2nd: rewinds past kept checkpoints
+def test_late_trial_rewinds_to_the_same_policy_as_a_fresh_replay(n: int, batch: int, every: int) -> None:
+    trials = _history([0.3 * ((i * 5) % 7) for i in range(n)])
     late = trials.pop(2)  # finished early in completion order, but seen last
     study = optuna.create_study(direction="maximize")
     study.add_trials(trials)
-    sampler = RLControllerSampler(batch_size=4, checkpoint_every=2)
-    assert sampler.sync(study) == 4
+    sampler = RLControllerSampler(batch_size=batch, checkpoint_every=every)
+    assert sampler.sync(study) == (n - 1) // batch
     before = sampler.policy_digest()
     study.add_trial(late)
-    assert sampler.sync(study) == 4
+    assert sampler.sync(study) == n // batch
     assert sampler.policy_digest() != before
-    fresh = RLControllerSampler(batch_size=4)
+    fresh = RLControllerSampler(batch_size=batch)
     fresh.sync(study)
     assert sampler.policy_digest() == fresh.policy_digest()
 

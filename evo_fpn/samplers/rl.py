@@ -38,6 +38,7 @@ SAMPLE_KEY = "rl:sample"
 
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 _ALGORITHMS = ("ppo", "reinforce")
+_KEEP_CHECKPOINTS = 8  # besides the initial policy; an older rewind replays from the start
 _NEG = -1e9  # masked logit: finite, so masked entries give zero (not NaN) gradients
 
 
@@ -170,7 +171,8 @@ class RLControllerSampler(BaseSampler):
         ppo_epochs: Adam steps per batch for PPO.
         max_grad_norm: gradient-norm clip per step.
         policy_seed: seed of the policy's initial weights (keep it equal in all workers).
-        checkpoint_every: keep an in-process checkpoint every this many updates (rewinds).
+        checkpoint_every: keep an in-process checkpoint every this many updates (for rewinds;
+            the initial policy and the 8 most recent are kept).
         independent_sampler: sampler for non-decision params; ``None``: built-in random.
     """
 
@@ -425,6 +427,8 @@ class RLControllerSampler(BaseSampler):
                 dict(self._stats),
             )
         )
+        if len(self._checkpoints) > _KEEP_CHECKPOINTS + 1:  # keep the start and the most recent ones
+            del self._checkpoints[1]
 
     def _rewind(self, n_updates: int) -> None:
         while self._checkpoints[-1][0] > n_updates:
