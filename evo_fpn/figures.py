@@ -614,7 +614,7 @@ def lineage_figure(data: StudyData) -> go.Figure | None:
     )
     fig.update_layout(
         title=f"Lineage of the best trial ({chain[-1].number}): {len(chain) - 1} mutations",
-        xaxis_title="generation (0 = oldest recorded ancestor)",
+        xaxis_title="ancestors of the best trial, oldest first (trial numbers)",
         yaxis_title="AP",
         **_LAYOUT,
     )
