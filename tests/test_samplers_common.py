@@ -6,6 +6,7 @@ import json
 import pickle
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +120,9 @@ def test_two_processes_share_one_study(name: str, scratch: Path) -> None:
                 assert t.user_attrs["parent_trial"] == parent.number
         elif t.number > 1:
             assert SAMPLE_KEY in t.system_attrs
+
+
+@pytest.mark.parametrize("cls", [AgingEvolutionSampler, RLControllerSampler])
+def test_docstring_example_runs(cls: type) -> None:
+    code = cls.__doc__.split(".. code::", 1)[1].split("    Args:", 1)[0]
+    exec(textwrap.dedent(code), {})  # the README-style example on an ordinary study

@@ -243,7 +243,7 @@ def test_resumed_study_in_fresh_process_continues_exactly(scratch: Path) -> None
     _worker(split, 19, seed=11)  # a fresh process: nothing but the storage carries over
     b = optuna.load_study(study_name="s", storage=split).trials
     assert [t.params for t in whole] == [t.params for t in b]
-    assert [t.user_attrs for t in whole] == [t.user_attrs for t in b]
+    assert [t.user_attrs for t in whole] == [{k: v for k, v in t.user_attrs.items() if k != "worker"} for t in b]
     assert sum(lineage(t)["origin"] == "mutation" for t in b[17:]) > 10
 
 
@@ -270,3 +270,11 @@ def test_float_values_never_leave_bounds_under_perturbation() -> None:
     study.optimize(lambda t: t.suggest_float("x", 0.1, 0.2, step=0.05), n_trials=30)
     assert {round(t.params["x"], 6) for t in study.trials} <= {0.1, 0.15, 0.2}
     assert dist.low == 0.1
+
+
+def test_identity_children_copy_their_parent() -> None:
+    study = run_nas(40, seed=1, population_size=5, sample_size=2, mutation_prob_identity=0.9)
+    identities = [t for t in study.trials if lineage(t)["origin"] == "identity"]
+    assert len(identities) > 20
+    for t in identities:
+        assert t.params == study.trials[t.user_attrs["parent_trial"]].params and t.user_attrs["mutation"] == "identity"

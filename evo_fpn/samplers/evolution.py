@@ -209,6 +209,9 @@ class AgingEvolutionSampler(BaseSampler):
             if "fixed_params" in trial.system_attrs:  # labelled in before_trial
                 return {}
             names, space = ordered_space(search_space, self._constraints)
+            if not names:  # nothing finished yet: every param is drawn in sample_independent
+                self._write_lineage(study, trial, {"origin": "random", "dedup_retries": 0}, None, "random")
+                return {}
             trials = self._sync(study, tuple(sorted(names)))
             get = _getter(trials)
             rng = trial_rng(self._base_seed, trial.number, "evolution")
@@ -235,8 +238,9 @@ class AgingEvolutionSampler(BaseSampler):
                 "finished": len(order),
             }
             if rng.random() < self._p_identity:
-                child, repairs = dict(base), self._repair(base, names, space, 0, _MISSING, rng)
+                repairs = self._repair(base, names, space, 0, _MISSING, rng)
                 record.update(origin="identity", repairs=repairs, dedup_retries=0)
+                child = dict(base)
                 self._write_lineage(study, trial, record, parent.number, "identity")
                 return child
             self._repair(base, names, space, 0, _MISSING, rng)  # a foreign parent may violate constraints
