@@ -179,6 +179,44 @@ def test_pruned_trials_count_towards_the_budget(tmp_path: Path) -> None:
     assert s.get("COMPLETE", 0) + s.get("PRUNED", 0) == 8 and s.get("PRUNED", 0) >= 1
 
 
+def test_timeout_stops_starting_trials(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_study(tmp_path, n_trials=50, sleep=0.4)
+    assert cli("--study", "syn.toml", "--timeout", "1") == 0
+    done = states(load(url_of(tmp_path)))["COMPLETE"]
+    assert 1 <= done < 10
+    assert f"{done} of 50 trials finished" in capsys.readouterr().out
+
+
+def test_a_run_of_failures_stops_the_worker_with_advice(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_study(tmp_path, n_trials=5, synthetic={"fail_fraction": 0.97}, extra="")
+    path = tmp_path / "syn.toml"
+    path.write_text(path.read_text().replace("[runner]\n", "[runner]\nmax_consecutive_failures = 3\n"))
+    assert cli("--study", "syn.toml") == 2
+    err = capsys.readouterr().err
+    assert "3 trials in a row failed" in err and "Traceback" not in err
+    assert states(load(url_of(tmp_path))).get("FAIL", 0) >= 3
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end_with_the_real_proxy(tmp_path: Path) -> None:
+    """The README's first command (budget cut to 3 trials): real training, real COCO AP."""
+    proc = run(["--study", "quick", "--n-trials", "3", "--device", "cpu"], tmp_path, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(url_of(tmp_path, "quick"), "quick")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert states(study) == {"COMPLETE": 3}
+    assert [t.user_attrs.get("reference") for t in trials[:2]] == ["published", "fpn"]
+    for t in trials:
+        attrs = t.user_attrs
+        assert 0.0 <= t.value <= 1.0 and t.value == attrs["ap"]
+        assert attrs["neck_params"] > 0 and attrs["total_flops"] > attrs["neck_flops"] > 0
+        assert {"ap50", "ap75", "ap_small", "train_seconds", "spec", "spec_hash", "worker"} <= set(attrs)
+    assert "best trial #" in proc.stdout and "optuna-dashboard sqlite:///studies/quick.db" in proc.stdout
+    assert any((tmp_path / "studies" / "artifacts").rglob("*")), "architecture pictures were uploaded"
+    again = run(["--study", "quick", "--n-trials", "3", "--device", "cpu"], tmp_path, timeout=600)
+    assert again.returncode == 0 and len(load(url_of(tmp_path, "quick"), "quick").trials) == 3
+
+
 def _sqlite_files(tmp_path: Path) -> list[Path]:
     return sorted(p for p in tmp_path.rglob("*") if p.suffix in (".db", ".sqlite3") or p.name.endswith("-wal"))
 

@@ -57,7 +57,7 @@ def test_two_workers_share_one_study_and_finish_exactly_its_budget(tmp_path: Pat
 
 
 def test_a_sigkilled_worker_has_its_trial_failed_and_retried(tmp_path: Path, pg_url: str) -> None:
-    write_study(tmp_path, n_trials=6, sleep=1.0, heartbeat_interval=1, grace_period=2)
+    write_study(tmp_path, n_trials=4, sleep=1.0, heartbeat_interval=1, grace_period=2)
     victim = start(["--study", "syn.toml", "--storage", pg_url, "--worker-index", "0"], tmp_path)
     survivor = None
     try:
@@ -71,9 +71,9 @@ def test_a_sigkilled_worker_has_its_trial_failed_and_retried(tmp_path: Path, pg_
             return mine[0] if mine else None
 
         killed = wait_for(victim_trial, 90, "the first worker to start a trial", poll=0.1)
-        survivor = start(["--study", "syn.toml", "--storage", pg_url, "--worker-index", "1"], tmp_path)
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL)  # mid-trial: the trial sleeps 1 s after its spec is recorded
         victim.wait()
+        survivor = start(["--study", "syn.toml", "--storage", pg_url, "--worker-index", "1"], tmp_path)
         out, err = survivor.communicate(timeout=180)
         assert survivor.returncode == 0, err
     finally:
@@ -87,8 +87,8 @@ def test_a_sigkilled_worker_has_its_trial_failed_and_retried(tmp_path: Path, pg_
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params and retries[0].user_attrs["spec_hash"] == killed.user_attrs["spec_hash"]
-    assert states(study) == {"COMPLETE": 6, "FAIL": 1}
-    assert len(trials) == len(set(trials)) == 7
+    assert states(study) == {"COMPLETE": 4, "FAIL": 1}
+    assert len(trials) == len(set(trials)) == 5
 
 
 def test_local_workers_flag_spawns_processes_on_one_study(tmp_path: Path, pg_url: str) -> None:
