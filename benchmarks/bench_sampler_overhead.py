@@ -6,8 +6,9 @@ sampler then runs ``--trials`` more trials (ask, ``NasFpnSpace.suggest``, tell) 
 proxy times every call Optuna makes into it (``infer_relative_search_space``,
 ``sample_relative``, ``sample_independent``, ``before_trial``, ``after_trial``), including the
 storage reads and attribute writes those calls do. Reported: the median per trial (the
-headline), split into compute and the trial-attribute writes (lineage / log-probs: one
-commit each on SQLite), the mean, the first trial alone (where the RL sampler replays the
+headline), split into compute, reads of the study's trials (``get_all_trials``: on SQLite
+a query plus Optuna's sort of its cache) and trial-attribute writes (lineage / log-probs:
+one commit each on SQLite), the mean, the first trial alone (where the RL sampler replays the
 whole history once per process), and the whole trial (ask + suggest + tell) for scale.
 The storage's own cache is warmed before timing, so reading 10k trials from SQLite once is
 not billed to a sampler. All samplers are measured side by side in one run.
@@ -54,12 +55,15 @@ class Timed(BaseSampler):
     def __init__(self, inner: BaseSampler) -> None:
         self.inner = inner
         self.elapsed = 0.0
+        self.active = False
 
     def _t(self, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
+        self.active = True
         try:
             return fn(*args)
         finally:
+            self.active = False
             self.elapsed += time.perf_counter() - t0
 
     def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
@@ -153,6 +157,7 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
     study._get_trials(deepcopy=False)  # warm the storage cache: not the sampler's cost
     storage = study._storage
     writes = {"s": 0.0, "n": 0}
+    reads = {"s": 0.0, "inside": False}
 
     def timed_write(fn: Any) -> Any:  # attribute writes: in this bench only samplers write attrs
         def wrapper(*args: Any) -> Any:
@@ -165,11 +170,23 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
 
         return wrapper
 
+    def timed_read(fn: Any) -> Any:  # reads of all trials made while a sampler method runs
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if timed.active:
+                    reads["s"] += time.perf_counter() - t0
+
+        return wrapper
+
     storage.set_trial_system_attr = timed_write(storage.set_trial_system_attr)  # type: ignore[method-assign]
     storage.set_trial_user_attr = timed_write(storage.set_trial_user_attr)  # type: ignore[method-assign]
-    per_trial, per_write, whole = [], [], []
+    storage.get_all_trials = timed_read(storage.get_all_trials)  # type: ignore[method-assign]
+    per_trial, per_write, per_read, whole = [], [], [], []
     for _ in range(n_trials):
-        timed.elapsed, writes["s"], writes["n"] = 0.0, 0.0, 0
+        timed.elapsed, writes["s"], writes["n"], reads["s"] = 0.0, 0.0, 0, 0.0
         t0 = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
@@ -177,7 +194,8 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
         whole.append((time.perf_counter() - t0) * 1000)
         per_trial.append(timed.elapsed * 1000)
         per_write.append((writes["s"] * 1000, writes["n"]))
-    del storage.set_trial_system_attr, storage.set_trial_user_attr
+        per_read.append(reads["s"] * 1000)
+    del storage.set_trial_system_attr, storage.set_trial_user_attr, storage.get_all_trials
     k = 1 if n_trials > 1 else 0
     return {
         "median_ms": statistics.median(per_trial[k:]),
@@ -185,7 +203,10 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
         "first_ms": per_trial[0],
         "attr_write_ms_median": statistics.median(w for w, _ in per_write[k:]),
         "attr_writes_per_trial": statistics.median(n for _, n in per_write[k:]),
-        "compute_ms_median": statistics.median(t - w for t, (w, _) in zip(per_trial[k:], per_write[k:], strict=True)),
+        "trial_reads_ms_median": statistics.median(per_read[k:]),
+        "compute_ms_median": statistics.median(
+            t - w - r for t, (w, _), r in zip(per_trial[k:], per_write[k:], per_read[k:], strict=True)
+        ),
         "whole_trial_ms_median": statistics.median(whole[k:]),
         "n": n_trials,
     }
@@ -207,8 +228,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="evo_fpn_bench_"))
     print(
-        "storage finished sampler   median ms (compute + attr writes (#))     mean   first ms  trial ms    n\n"
-        "  [sampler time per trial; first = the first trial (RL replays here); trial = ask+suggest+tell]"
+        "storage finished sampler  median = compute + reads + writes (#)     mean   first ms  trial ms    n\n"
+        "  [sampler ms per trial; reads = get_all_trials; writes = trial attrs; first = first trial "
+        "(RL replays here); trial = ask+suggest+tell]"
     )
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -234,9 +256,10 @@ def main() -> None:
                     r.update(sampler=name, storage=storage, finished=size)
                     results.append(r)
                     print(
-                        f"{storage:7s} {size:6d} {name:10s} {r['median_ms']:9.2f} {r['compute_ms_median']:9.2f} "
-                        f"{r['attr_write_ms_median']:8.2f} ({r['attr_writes_per_trial']:.0f}) {r['mean_ms']:8.2f} "
-                        f"{r['first_ms']:10.1f} {r['whole_trial_ms_median']:10.1f} {n:4d}",
+                        f"{storage:7s} {size:6d} {name:10s} {r['median_ms']:8.2f} {r['compute_ms_median']:8.2f} "
+                        f"{r['trial_reads_ms_median']:7.2f} {r['attr_write_ms_median']:7.2f} "
+                        f"({r['attr_writes_per_trial']:.0f}) {r['mean_ms']:8.2f} "
+                        f"{r['first_ms']:10.1f} {r['whole_trial_ms_median']:9.1f} {n:4d}",
                         flush=True,
                     )
     finally:
