@@ -126,3 +126,20 @@ def test_two_processes_share_one_study(name: str, scratch: Path) -> None:
 def test_docstring_example_runs(cls: type) -> None:
     code = cls.__doc__.split(".. code::", 1)[1].split("    Args:", 1)[0]
     exec(textwrap.dedent(code), {})  # the README-style example on an ordinary study
+
+
+def test_samplers_import_only_optuna_numpy_torch() -> None:
+    import ast
+
+    import evo_fpn.samplers as pkg
+
+    allowed = {"optuna", "numpy", "torch"} | set(sys.stdlib_module_names)
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.startswith("evo_fpn.samplers") or name.split(".")[0] in allowed, (path.name, name)
