@@ -122,7 +122,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         xaxis_title="trials",
         yaxis_title="best score",
     )
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
 def main() -> None:
