@@ -199,8 +199,9 @@ class CompletionLog:
         return kept, other
 
 
-def study_key(study: Any) -> tuple[int, int, str]:
-    return (id(study._storage), study._study_id, study.study_name)
+def study_key(study: Any) -> tuple[Any, ...]:
+    """Identity of the trial set a sampler sees (HyperbandPruner shows one bracket at a time)."""
+    return (id(study._storage), study._study_id, study.study_name, getattr(study, "_bracket_id", None))
 
 
 def last_intermediate(t: FrozenTrial) -> float | None:
