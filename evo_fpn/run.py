@@ -77,28 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m evo_fpn.run",
         description="Start, resume or join a NAS-FPN search study (flags override studies/NAME.toml).",
     )
-    p.add_argument("--study", required=True, help="study name (studies/NAME.toml) or path to a .toml file")
+    p.add_argument(
+        "--study", required=True, metavar="NAME", help="study name (studies/NAME.toml) or path to a .toml file"
+    )
     p.add_argument("--new-study", metavar="NAME", help="store the search as a new study NAME (same settings)")
-    p.add_argument("--storage", help="storage URL (default: $EVO_FPN_STORAGE or sqlite:///studies/NAME.db)")
+    p.add_argument(
+        "--storage", metavar="URL", help="storage URL (default: $EVO_FPN_STORAGE or sqlite:///studies/NAME.db)"
+    )
     p.add_argument("--sampler", choices=SAMPLERS, help="search strategy")
-    p.add_argument("--n-trials", type=int, help="total budget of finished trials of the study (all workers)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (this worker)")
+    p.add_argument(
+        "--n-trials", type=int, metavar="N", help="total budget of finished trials of the study (all workers)"
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting trials after this many seconds (this worker)"
+    )
     p.add_argument("--preset", choices=PRESET_NAMES, help="proxy task preset")
-    p.add_argument("--data", help="COCO-format dataset folder (default: the built-in dataset)")
+    p.add_argument("--data", metavar="PATH", help="COCO-format dataset folder (default: the built-in dataset)")
     p.add_argument("--device", choices=DEVICES, help="where to train (auto: CUDA when present)")
     p.add_argument("--pruner", choices=PRUNERS, help="stop poor trials early")
-    p.add_argument("--seed", type=int, help="base seed (each worker derives its own)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (PostgreSQL for more than 1)")
-    p.add_argument("--worker-index", type=int, help="this worker's index, for its seed (default: $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--seed", type=int, metavar="N", help="base seed (each worker derives its own)")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="K", help="local worker processes (PostgreSQL for more than 1)"
+    )
+    p.add_argument(
+        "--worker-index",
+        type=int,
+        metavar="I",
+        help="this worker's index, for its seed (default: $SLURM_ARRAY_TASK_ID)",
+    )
     p.add_argument("--enqueue-references", action="store_true", default=None,
                    help="evaluate the published NAS-FPN and the FPN-like spec first")  # fmt: skip
     p.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
                    help="train duplicate architectures again instead of re-using their metrics")  # fmt: skip
-    p.add_argument("--artifacts", help="folder for architecture pictures (default: next to the SQLite file)")
+    p.add_argument(
+        "--artifacts", metavar="DIR", help="folder for architecture pictures (default: next to the SQLite file)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. proxy.epochs=2 or space.num_cells=7 (TOML value)")  # fmt: skip
-    p.add_argument("--heartbeat-interval", type=int, help="seconds between worker heartbeats")
-    p.add_argument("--grace-period", type=int, help="seconds without heartbeat before a trial is retried")
+    p.add_argument("--heartbeat-interval", type=int, metavar="S", help="seconds between worker heartbeats")
+    p.add_argument("--grace-period", type=int, metavar="S", help="seconds without heartbeat before a trial is retried")
     p.add_argument("--objective", choices=OBJECTIVES,
                    help="'synthetic' is a cheap stand-in for tests and benchmarks of the runner")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
