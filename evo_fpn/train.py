@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", help="output folder (default: runs/train-<arch>-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any proxy setting")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
-    task = ProxyTask(config, device=args.device, progress=not args.no_progress)
+    task = ProxyTask(config, device=args.device, progress=not args.no_progress, threads=args.threads)
     task.prepare()
     metrics = task.evaluate(arch)
     torch.save(task.last_model.state_dict(), out / "model.pt")

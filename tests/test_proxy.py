@@ -30,7 +30,8 @@ TINY = ProxyConfig(
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory: pytest.TempPathFactory) -> ProxyTask:
-    return ProxyTask(TINY, device="cpu", progress=False, cache_dir=tmp_path_factory.mktemp("cache")).prepare()
+    cache = tmp_path_factory.mktemp("cache")
+    return ProxyTask(TINY, device="cpu", progress=False, cache_dir=cache, threads=1).prepare()
 
 
 def test_training_lowers_the_loss_and_is_reproducible(task: ProxyTask) -> None:

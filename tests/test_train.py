@@ -12,7 +12,7 @@ from evo_fpn.spec import PUBLISHED_NASFPN
 from evo_fpn.train import main
 
 TINY = [
-    "--preset", "quick", "--no-progress", "--device", "cpu",
+    "--preset", "quick", "--no-progress", "--device", "cpu", "--threads", "1",
     "--set", "digits_train=24", "--set", "digits_val=8", "--set", "image_size=64",
     "--set", "digits_min_scale=8", "--set", "digits_max_scale=48", "--set", "width=16",
     "--set", "batch_size=8", "--set", "head_depth=1",

@@ -1,0 +1,103 @@
+"""Fidelity of the proxy: Kendall tau between proxy AP and a reference training's AP.
+
+    nice -n 10 python -m benchmarks.bench_fidelity                  # resumable; rerun to continue
+    python -m benchmarks.bench_fidelity --report                    # only print what has finished
+
+The architectures are those of ``bench_proxy``'s noise part (published NAS-FPN, FPN-like,
+torchvision FPN, 5 seeded random ones). Proxy AP: the preset's score (seed 0), read from
+``benchmarks/results/proxy_trials.jsonl`` or computed. Reference: the same detector trained
+end to end (backbone included, from scratch) on ``--scale`` times the proxy's training
+images for ``--epochs`` epochs, evaluated on the same val images. Each finished reference
+run is appended to ``benchmarks/results/fidelity_reference.jsonl``; a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+from scipy.stats import kendalltau
+
+from benchmarks.bench_proxy import RESULTS, architectures, load_done, run_trials, spec_json
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
+
+
+def reference_config(proxy: ProxyConfig, *, scale: int, epochs: float) -> ProxyConfig:
+    """End to end, ``scale`` x the training images, same val set (the digits val split does not
+    depend on the train size), same model and optimiser settings."""
+    return proxy.replace(
+        backbone_mode="end_to_end", digits_train=proxy.digits_train * scale, epochs=epochs, seed=0, reports=1
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--random", type=int, default=5)
+    p.add_argument("--scale", type=int, default=4, help="reference training images = scale x proxy's")
+    p.add_argument("--epochs", type=float, default=2.0, help="reference training epochs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--report", action="store_true", help="print finished results only, train nothing")
+    p.add_argument("--max-archs", type=int, default=0, help="stop after this many reference runs (0: all)")
+    p.add_argument("--with-proxy", action="store_true", help="also run missing proxy trials (else bench_proxy's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    proxy_cfg = PRESETS[args.preset]
+    ref_cfg = reference_config(proxy_cfg, scale=args.scale, epochs=args.epochs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    archs = architectures(args.random)
+    ref_path = RESULTS / "fidelity_reference.jsonl"
+    proxy_path = RESULTS / "proxy_trials.jsonl"
+
+    if not args.report:
+        if args.with_proxy:
+            run_trials(proxy_cfg, [(n, a, 0) for n, a in archs.items()], device=args.device, path=proxy_path)
+        done = load_done(ref_path, ref_cfg.fingerprint())
+        task = None
+        ran = 0
+        for name, arch in archs.items():
+            if (name, 0) in done:
+                continue
+            if args.max_archs and ran >= args.max_archs:
+                break
+            task = task or ProxyTask(ref_cfg, device=args.device, progress=False).prepare()
+            t0 = time.perf_counter()
+            metrics = task.evaluate(arch)
+            rec: dict[str, Any] = {
+                "fingerprint": ref_cfg.fingerprint(),
+                "arch": name,
+                "seed": 0,
+                "spec": spec_json(arch),
+                "wall_seconds": time.perf_counter() - t0,
+                **{k: v for k, v in metrics.items() if k not in ("spec", "history")},
+            }
+            with ref_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            ran += 1
+            print(f"reference {name:<22} AP {rec['ap']:.4f}  {rec['wall_seconds']:.0f} s", flush=True)
+
+    proxy_done = load_done(proxy_path, proxy_cfg.fingerprint())
+    ref_done = load_done(ref_path, ref_cfg.fingerprint())
+    rows = [
+        (n, proxy_done[(n, 0)]["ap"], ref_done[(n, 0)]["ap"])
+        for n in archs
+        if (n, 0) in proxy_done and (n, 0) in ref_done
+    ]
+    print(f"reference: end to end, {ref_cfg.digits_train} train images ({args.scale}x), {ref_cfg.epochs:g} epochs")
+    print(f"{'architecture':<24} {'proxy AP':>9} {'reference AP':>13}")
+    for name, a, b in rows:
+        print(f"{name:<24} {a:9.4f} {b:13.4f}")
+    tau = kendalltau([r[1] for r in rows], [r[2] for r in rows]).statistic if len(rows) >= 2 else float("nan")
+    print(f"Kendall tau over {len(rows)} of {len(archs)} architectures: {tau:.3f}")
+    (RESULTS / f"bench_fidelity_{args.preset}.json").write_text(
+        json.dumps({"rows": rows, "tau": tau, "reference": ref_cfg.to_dict()}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

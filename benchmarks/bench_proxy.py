@@ -1,0 +1,196 @@
+"""Proxy task benchmark: speed of the cached proxy vs plain end-to-end training, AP, noise.
+
+    python -m benchmarks.bench_proxy                     # all parts, default preset
+    python -m benchmarks.bench_proxy --part speed        # only images/s, side by side
+    python -m benchmarks.bench_proxy --part noise        # AP of 8 architectures + 2 extra seeds
+
+* speed: the same architecture trained for the same number of steps on the same batches,
+  once on cached C3..C5 features (the proxy) and once end to end (backbone included),
+  interleaved in rounds so machine load hits both alike; images/s and their ratio.
+* ap / noise: published NAS-FPN, FPN-like, torchvision FPN and ``--random`` random
+  architectures (seeded) under the preset, plus ``--seeds`` seeds of one architecture.
+  Signal-to-noise = std of AP across architectures / mean std over seeds of one architecture.
+  Trials are appended to ``benchmarks/results/proxy_trials.jsonl`` as they finish; a rerun
+  skips the ones already there (same preset fingerprint), so the run can be resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, train_detector
+from evo_fpn.space import NasFpnSpace
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def architectures(n_random: int, seed: int = 0) -> dict[str, ArchSpec | str]:
+    """The reference architectures plus ``n_random`` seeded random points of the search space."""
+    archs: dict[str, ArchSpec | str] = {
+        "published": PUBLISHED_NASFPN,
+        "fpn": FPN_LIKE,
+        "torchvision_fpn": "torchvision_fpn",
+    }
+    space = NasFpnSpace()
+    rng = random.Random(seed)
+    while len(archs) < 3 + n_random:
+        params = {name: rng.choice(d.choices) for name, d in space.distributions.items()}
+        spec = space.decode(params)
+        archs[f"random{len(archs) - 2}-{spec.canonical_hash()[:6]}"] = spec
+    return archs
+
+
+def spec_json(arch: ArchSpec | str) -> str:
+    return arch if isinstance(arch, str) else arch.to_json()
+
+
+# -- speed -----------------------------------------------------------------------------------
+
+
+def bench_speed(config: ProxyConfig, *, rounds: int, steps: int, device: str) -> dict[str, Any]:
+    """Images/s of neck+head on cached features vs the full detector, interleaved rounds."""
+    cached_task = ProxyTask(config, device=device, progress=False).prepare()
+    e2e_task = ProxyTask(config.replace(backbone_mode="end_to_end"), device=device, progress=False).prepare()
+    out: dict[str, Any] = {}
+    for arch_name, arch in (("torchvision_fpn", "torchvision_fpn"), ("published", PUBLISHED_NASFPN)):
+        cached_model, e2e_model = cached_task.build(arch), e2e_task.build(arch)
+        rates: dict[str, list[float]] = {"cached": [], "end_to_end": []}
+        for r in range(rounds):
+            for mode, task, model in (("cached", cached_task, cached_model), ("end_to_end", e2e_task, e2e_model)):
+                epochs = steps / max(1, len(task._train) // config.batch_size)
+                facts = train_detector(
+                    model, task._train, config=config, epochs=epochs, device=task.device, seed=r, progress=False
+                )
+                rates[mode].append(facts["images_per_s"])
+        cached, e2e = statistics.median(rates["cached"]), statistics.median(rates["end_to_end"])
+        out[arch_name] = {"cached_img_s": cached, "end_to_end_img_s": e2e, "ratio": cached / e2e, "rounds": rates}
+        print(
+            f"speed {arch_name:<16} proxy (cached features) {cached:6.1f} img/s   end-to-end {e2e:6.1f} img/s   "
+            f"ratio {cached / e2e:.2f}x",
+            flush=True,
+        )
+    meta = cached_task.cache_meta()
+    if meta:
+        out["backbone_stage"] = {k: meta[k] for k in ("stage_seconds", "cache_seconds", "stage_ap", "stage_ap50")}
+        print(
+            f"one-off backbone stage: {meta['stage_seconds']:.0f} s training (stage AP {meta['stage_ap']:.3f}), "
+            f"{meta['cache_seconds']:.0f} s caching features",
+            flush=True,
+        )
+    return out
+
+
+# -- AP and noise ------------------------------------------------------------------------------
+
+
+def load_done(path: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, Any]]:
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("fingerprint") == fingerprint:
+                    done[(rec["arch"], rec["seed"])] = rec
+    return done
+
+
+def run_trials(
+    config: ProxyConfig, jobs: list[tuple[str, ArchSpec | str, int]], *, device: str, path: Path
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run (name, arch, seed) proxy trials not yet in ``path``; append each as it finishes."""
+    done = load_done(path, config.fingerprint())
+    for name, arch, seed in jobs:
+        if (name, seed) in done:
+            continue
+        task = ProxyTask(config.replace(seed=seed), device=device, progress=False).prepare()
+        t0 = time.perf_counter()
+        metrics = task.evaluate(arch)
+        rec = {
+            "fingerprint": config.fingerprint(),
+            "arch": name,
+            "seed": seed,
+            "spec": spec_json(arch),
+            "wall_seconds": time.perf_counter() - t0,
+            **{k: v for k, v in metrics.items() if k not in ("spec", "history")},
+            "history": metrics["history"],
+        }
+        with path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[(name, seed)] = rec
+        print(
+            f"trial {name:<22} seed {seed}  AP {rec['ap']:.4f}  AP50 {rec['ap50']:.4f}  "
+            f"{rec['wall_seconds']:.0f} s wall ({rec['images_per_s']:.0f} img/s)",
+            flush=True,
+        )
+    return done
+
+
+def summarize_noise(done: dict[tuple[str, int], dict[str, Any]], names: list[str], noise_arch: str, seeds: int):
+    ap = {n: done[(n, 0)]["ap"] for n in names if (n, 0) in done}
+    seed_aps = [done[(noise_arch, s)]["ap"] for s in range(seeds) if (noise_arch, s) in done]
+    spread = statistics.pstdev(ap.values()) if len(ap) >= 2 else float("nan")
+    noise = statistics.stdev(seed_aps) if len(seed_aps) >= 2 else float("nan")
+    return {
+        "ap_by_arch": ap,
+        "noise_arch": noise_arch,
+        "seed_aps": seed_aps,
+        "seed_std": noise,
+        "arch_std": spread,
+        "snr": spread / noise if noise and noise == noise and noise > 0 else float("nan"),
+        "arch_range": (min(ap.values()), max(ap.values())) if ap else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--part", choices=("all", "speed", "noise"), default="all")
+    p.add_argument("--random", type=int, default=5, help="random architectures in the noise part")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the noise architecture")
+    p.add_argument("--noise-arch", default="published")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, help="training steps per speed round")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = PRESETS[args.preset]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "preset": args.preset,
+        "fingerprint": config.fingerprint(),
+        "threads": torch.get_num_threads(),
+    }
+    if args.part in ("all", "speed"):
+        summary["speed"] = bench_speed(config, rounds=args.rounds, steps=args.steps, device=args.device)
+    if args.part in ("all", "noise"):
+        archs = architectures(args.random)
+        jobs = [(n, a, 0) for n, a in archs.items()]
+        jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(1, args.seeds)]
+        done = run_trials(config, jobs, device=args.device, path=RESULTS / "proxy_trials.jsonl")
+        noise = summarize_noise(done, list(archs), args.noise_arch, args.seeds)
+        summary["noise"] = noise
+        for name, ap in noise["ap_by_arch"].items():
+            print(f"AP {name:<22} {ap:.4f}")
+        print(
+            f"noise: AP over {len(noise['seed_aps'])} seeds of {args.noise_arch}: "
+            f"{', '.join(f'{a:.4f}' for a in noise['seed_aps'])} (std {noise['seed_std']:.4f}); "
+            f"std across {len(noise['ap_by_arch'])} architectures {noise['arch_std']:.4f}; "
+            f"signal-to-noise {noise['snr']:.2f}",
+            flush=True,
+        )
+    (RESULTS / f"bench_proxy_{args.preset}_{args.part}.json").write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
