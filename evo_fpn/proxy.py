@@ -25,6 +25,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,15 +238,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
 # -- data held in memory -----------------------------------------------------------------------
 
 
+MEMORY_LIMIT_BYTES = 2 * 1024**3
+"""Splits whose resized images fit in this many bytes are decoded once and kept in memory."""
+
+
 @dataclass
 class _Inputs:
-    """One split ready for training: images (uint8) or cached C3..C5 maps (fp16), plus targets."""
+    """One split ready for training: images (uint8, in memory or decoded per batch) or cached
+    C3..C5 maps (fp16), plus targets in resized pixels."""
 
     split: Split
     scales: list[tuple[float, float]]
     targets: list[dict[str, Tensor]]
     images: Tensor | None = None
     features: list[Tensor] | None = None
+    dataset: DetectionDataset | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -255,19 +262,30 @@ class _Inputs:
         targets = [{k: v.to(device) for k, v in self.targets[i].items()} for i in idx]
         if self.features is not None:
             return [f[index].to(device, non_blocking=True).float() for f in self.features], targets
-        assert self.images is not None
-        return self.images[index].to(device, non_blocking=True), targets
+        if self.images is not None:
+            return self.images[index].to(device, non_blocking=True), targets
+        assert self.dataset is not None  # large dataset: decode this batch now (PIL releases the GIL)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            images = list(pool.map(lambda i: self.dataset[i][0], idx))  # type: ignore[index]
+        return torch.stack(images).to(device, non_blocking=True), targets
 
 
 def _load_inputs(split: Split, image_size: int, resize: str, progress: bool) -> _Inputs:
     ds = DetectionDataset(split, image_size=image_size, resize=resize)
+    targets, scales = [], []
+    for i in range(len(ds)):
+        sx, sy = ds.scale(i)
+        factor = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
+        targets.append(
+            {"boxes": torch.from_numpy(split.boxes[i]) * factor, "labels": torch.from_numpy(split.labels[i])}
+        )
+        scales.append((sx, sy))
+    if len(ds) * 3 * image_size * image_size > MEMORY_LIMIT_BYTES:
+        return _Inputs(split=split, scales=scales, targets=targets, dataset=ds)
     images = torch.empty((len(ds), 3, image_size, image_size), dtype=torch.uint8)
-    targets = []
     for i in tqdm(range(len(ds)), desc=f"load {split.name}", disable=not progress, leave=False):
-        img, tgt = ds[i]
-        images[i] = img
-        targets.append({"boxes": tgt["boxes"], "labels": tgt["labels"]})
-    return _Inputs(split=split, scales=[ds.scale(i) for i in range(len(ds))], targets=targets, images=images)
+        images[i] = ds[i][0]
+    return _Inputs(split=split, scales=scales, targets=targets, images=images)
 
 
 # -- training --------------------------------------------------------------------------------

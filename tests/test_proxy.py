@@ -108,3 +108,21 @@ def test_config_identity_and_checks() -> None:
     with pytest.raises(UsageError, match="unknown proxy preset"):
         ProxyTask("huge")
     assert math.isfinite(TINY.lr)
+
+
+def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import evo_fpn.proxy as proxy
+    from evo_fpn.data import load_dataset
+    from evo_fpn.digits import build_digits
+
+    _, val = load_dataset(build_digits(TINY.digits_config(), root=tmp_path))
+    in_memory = proxy._load_inputs(val, 64, "plain", False)
+    monkeypatch.setattr(proxy, "MEMORY_LIMIT_BYTES", 0)
+    lazy = proxy._load_inputs(val, 64, "plain", False)
+    assert lazy.images is None and in_memory.images is not None
+    cpu = torch.device("cpu")
+    (xa, ta), (xb, tb) = in_memory.batch([0, 3, 5], cpu), lazy.batch([0, 3, 5], cpu)
+    assert torch.equal(xa, xb)
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(ta, tb, strict=True))
