@@ -472,6 +472,11 @@ class ProxyTask:
         t0 = time.perf_counter()
         cfg = self.config
         if cfg.data is None:
+            if (cfg.train_split, cfg.val_split) != ("train", "val"):
+                raise DatasetError(
+                    f"splits {cfg.train_split}/{cfg.val_split} need a dataset folder (the paper preset trains on "
+                    "COCO): set data (--data) to a COCO-layout folder"
+                )
             root = build_digits(cfg.digits_config(), root=self.cache_dir)
         else:
             root = Path(cfg.data).expanduser()

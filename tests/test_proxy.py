@@ -126,3 +126,10 @@ def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.
     (xa, ta), (xb, tb) = in_memory.batch([0, 3, 5], cpu), lazy.batch([0, 3, 5], cpu)
     assert torch.equal(xa, xb)
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(ta, tb, strict=True))
+
+
+def test_paper_preset_needs_a_dataset(tmp_path: Path) -> None:
+    from evo_fpn.data import DatasetError
+
+    with pytest.raises(DatasetError, match="need a dataset folder"):
+        ProxyTask("paper", device="cpu", progress=False, cache_dir=tmp_path).prepare()
