@@ -8,6 +8,7 @@ A study file (all keys optional; unknown keys are refused so typos do not pass s
     seed = 0
     preset = "quick"         # proxy task preset: quick | default | paper
     device = "auto"          # auto | cpu | cuda
+    threads = 1              # CPU threads per worker (optional; torch's default otherwise)
     data = "/path/to/coco"   # COCO-format dataset (optional; default: built-in dataset)
 
     [proxy]                  # overrides of the preset's fields
@@ -106,6 +107,7 @@ class StudyConfig:
     seed: int = 0
     preset: str = "default"
     device: str = "auto"
+    threads: int | None = None  # CPU threads per worker (torch); None: torch's default
     data: str | None = None
     objective: str = "proxy"
     proxy: Mapping[str, Any] = field(default_factory=dict)
@@ -130,6 +132,8 @@ class StudyConfig:
         _check_int(self.seed, "seed", 0)
         _check_choice(self.preset, "preset", PRESET_NAMES)
         _check_choice(self.device, "device", DEVICES)
+        if self.threads is not None:
+            _check_int(self.threads, "threads", 1)
         _check_choice(self.objective, "objective", OBJECTIVES)
         _check_choice(self.sampler, "sampler", SAMPLERS)
         _check_choice(self.pruner, "pruner", PRUNERS)
@@ -146,6 +150,7 @@ class StudyConfig:
             "seed": self.seed,
             "preset": self.preset,
             "device": self.device,
+            "threads": self.threads,
             "data": self.data,
             "objective": self.objective,
             "proxy": dict(self.proxy),
@@ -235,7 +240,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 _TOP_KEYS = {
-    "description", "n_trials", "timeout", "seed", "preset", "device", "data", "objective",
+    "description", "n_trials", "timeout", "seed", "preset", "device", "threads", "data", "objective",
     "proxy", "synthetic", "space", "sampler", "pruner", "runner",
 }  # fmt: skip
 
@@ -266,7 +271,7 @@ def config_from_mapping(name: str, data: Mapping[str, Any], *, source: str = "")
     if bad:
         raise ConfigError(f"{where}: unknown [runner] key {bad[0]!r}; known: {', '.join(sorted(known_runner))}")
     kwargs: dict[str, Any] = {k: data[k] for k in ("description", "n_trials", "timeout", "seed", "preset", "device",
-                                                   "data", "objective") if k in data}  # fmt: skip
+                                                   "threads", "data", "objective") if k in data}  # fmt: skip
     if kwargs.get("timeout") == 0:
         kwargs["timeout"] = None
     if kwargs.get("data") == "":

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", help="COCO-format dataset folder (default: the built-in dataset)")
     p.add_argument("--device", choices=DEVICES, help="where to train (auto: CUDA when present)")
     p.add_argument("--pruner", choices=PRUNERS, help="stop poor trials early")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per worker (default: torch's choice)")
     p.add_argument("--seed", type=int, metavar="N", help="base seed (each worker derives its own)")
     p.add_argument(
         "--workers", type=int, default=1, metavar="K", help="local worker processes (PostgreSQL for more than 1)"
@@ -181,7 +182,7 @@ def build_task(cfg: StudyConfig, *, progress: bool) -> TaskInfo:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda but no CUDA device is visible: use --device auto or cpu")
-    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress)
+    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress, threads=cfg.threads)
     return TaskInfo(
         task, (proxy.TrialFailed,), {"objective": "proxy", "task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()}
     )
@@ -273,6 +274,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         "seed": args.seed,
         "preset": args.preset,
         "device": args.device,
+        "threads": args.threads,
         "data": args.data,
         "sampler": args.sampler,
         "pruner": args.pruner,
@@ -550,10 +552,13 @@ def _figures_callback(every: int) -> list[Callable[[optuna.Study, FrozenTrial], 
 
 
 # -- many local workers ------------------------------------------------------------------------
-def spawn_workers(argv: Sequence[str], k: int, device: str) -> list[subprocess.Popen]:
+def spawn_workers(argv: Sequence[str], k: int, device: str, threads: int | None) -> list[subprocess.Popen]:
     """Start ``k`` copies of this command as child workers (one GPU each when there are several)."""
     gpus = _visible_gpus() if device != "cpu" else []
     base = _strip_workers(list(argv))
+    if not gpus and threads is None:
+        # CPU workers share the cores: without this, each would start one thread per core.
+        base += ["--threads", str(max(1, (os.cpu_count() or 1) // k))]
     procs = []
     for i in range(k):
         env = dict(os.environ)
@@ -689,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         if args.workers > 1:
-            procs = spawn_workers(argv, args.workers, cfg.device)
+            procs = spawn_workers(argv, args.workers, cfg.device, cfg.threads)
             code = watch_workers(procs, study, cfg.n_trials, progress)
         else:
             store = None
