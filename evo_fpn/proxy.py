@@ -665,9 +665,10 @@ class ProxyTask:
         self.prepare()
         assert self._train is not None and self._val is not None
         cfg = self.config
-        if trial is not None and isinstance(spec, ArchSpec):
-            trial.set_user_attr("spec", spec.to_json())
-            trial.set_user_attr("spec_hash", spec.canonical_hash())
+        spec_json, spec_hash = (spec.to_json(), spec.canonical_hash()) if isinstance(spec, ArchSpec) else (spec, spec)
+        if trial is not None:
+            trial.set_user_attr("spec", spec_json)
+            trial.set_user_attr("spec_hash", spec_hash)
         model = self.build(spec)
         costs = self.costs(model)
         if trial is not None:
@@ -719,8 +720,7 @@ class ProxyTask:
             eval_seconds=float(eval_seconds[0]),
             images_per_s=float(facts["images_per_s"]),
         )
-        if isinstance(spec, ArchSpec):
-            metrics.update(spec=spec.to_json(), spec_hash=spec.canonical_hash())
+        metrics.update(spec=spec_json, spec_hash=spec_hash)
         if trial is not None:
             for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s"):
                 trial.set_user_attr(k, metrics[k])
