@@ -394,9 +394,11 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
         if study.user_attrs.get("n_trials") != cfg.n_trials:
             study.set_user_attr("n_trials", cfg.n_trials)
         n_before = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
-        if n_before:
-            # A resumed run with the same seed would replay the first run's proposals: move the
-            # seed on by the study's size (still deterministic for a given study state).
+        if n_before and cfg.sampler not in STORAGE_SEEDED_SAMPLERS:
+            # A resumed run of a process-seeded sampler (random, TPE, NSGA-II) would replay the
+            # first run's proposals: move the seed on by the study's size (still deterministic
+            # for a given study state). Ours derive each trial's randomness from (seed, trial
+            # number), so they keep the seed and continue exactly as if never stopped.
             study.sampler = build_sampler(cfg, seed=p.seed + 7919 * n_before, space=p.space)
     if cfg.runner.enqueue_references and not study.user_attrs.get("references_enqueued"):
         study.set_user_attr("references_enqueued", True)
@@ -404,6 +406,9 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
             study.enqueue_trial(p.space.encode(spec), user_attrs={"reference": name}, skip_if_exists=True)
     return study, created
 
+
+STORAGE_SEEDED_SAMPLERS = frozenset({"evolution", "rl"})
+"""Samplers whose randomness per trial comes from (seed, trial number): no re-seed on resume."""
 
 FINGERPRINT_WAIT_S = 10.0
 """How long a joining worker waits for the creator to record a new study's fingerprint."""

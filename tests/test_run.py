@@ -314,3 +314,18 @@ def test_study_attrs_are_plain_json(tmp_path: Path) -> None:
     assert config["synthetic"]["sleep"] == 0.0 and config["space"]["num_cells"] == 7
     assert json.loads(rows["fingerprint_parts"])["objective"] == "synthetic"
     assert os.path.basename(config["source"]) == "syn.toml"
+
+
+def test_resumed_evolution_study_continues_exactly_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Our samplers derive each trial's randomness from (seed, trial number): no re-seed on resume."""
+    for name in ("whole", "split"):
+        path = write_study(tmp_path, name, n_trials=10, sampler="evolution", extra="seed = 3")
+        path.write_text(path.read_text() + "[sampler.evolution]\npopulation_size = 4\nsample_size = 2\n")
+    assert cli("--study", "whole.toml", "--no-dedup") == 0
+    assert cli("--study", "split.toml", "--no-dedup", "--n-trials", "6") == 0
+    assert cli("--study", "split.toml", "--no-dedup") == 0
+    whole = load(url_of(tmp_path, "whole"), "whole").trials
+    split = load(url_of(tmp_path, "split"), "split").trials
+    assert [t.params for t in whole] == [t.params for t in split]
+    assert [t.user_attrs.get("parent_trial") for t in whole] == [t.user_attrs.get("parent_trial") for t in split]
+    assert any(t.user_attrs.get("parent_trial") is not None for t in whole[4:])  # evolution really mutated
