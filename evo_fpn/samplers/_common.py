@@ -5,12 +5,14 @@ from __future__ import annotations
 import bisect
 import datetime
 import math
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn.samplers.constraints import ChoiceConstraints, allowed_values, decision_order
@@ -208,3 +210,38 @@ def last_intermediate(t: FrozenTrial) -> float | None:
     if not t.intermediate_values:
         return None
     return t.intermediate_values[max(t.intermediate_values)]
+
+
+class StorageBackedSampler(BaseSampler):
+    """Base of our samplers, whose only state beyond their settings is a cache of the storage.
+
+    Pickling keeps the settings and drops the lock and the caches named in ``_CACHE_ATTRS``;
+    they are rebuilt from the storage by ``_reset_caches``, so a pickled copy, a new process
+    and another worker all continue from the same finished trials.
+    """
+
+    _CACHE_ATTRS: tuple[str, ...] = ()
+    _lock: threading.RLock
+    _base_seed: int
+    _independent_sampler: BaseSampler | None
+
+    def _reset_caches(self) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        for k in self._CACHE_ATTRS:
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._reset_caches()
+
+    def reseed_rng(self) -> None:
+        with self._lock:
+            self._base_seed = new_base_seed()
+            if self._independent_sampler is not None:
+                self._independent_sampler.reseed_rng()

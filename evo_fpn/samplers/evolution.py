@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn.samplers._common import (
     CompletionLog,
+    StorageBackedSampler,
     last_intermediate,
     new_base_seed,
     ordered_space,
@@ -33,7 +34,7 @@ _POPULATION_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 _MISSING: Any = object()
 
 
-class AgingEvolutionSampler(BaseSampler):
+class AgingEvolutionSampler(StorageBackedSampler):
     """Aging evolution: tournament selection, one mutation per child, oldest dies first.
 
     Rules, all computed from the storage so that every worker and every resumed process
@@ -108,6 +109,8 @@ class AgingEvolutionSampler(BaseSampler):
             ``None`` uses the built-in per-trial random draw (resume-exact).
     """
 
+    _CACHE_ATTRS = ("_study_key", "_search_space", "_log", "_key_names", "_finished_keys", "_parents")
+
     def __init__(
         self,
         *,
@@ -158,24 +161,6 @@ class AgingEvolutionSampler(BaseSampler):
         self._key_names: tuple[str, ...] | None = None
         self._finished_keys: set[tuple[Any, ...]] = set()
         self._parents: dict[int, FrozenTrial] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        for k in ("_study_key", "_search_space", "_log", "_key_names", "_finished_keys", "_parents"):
-            state.pop(k, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-        self._reset_caches()
-
-    def reseed_rng(self) -> None:
-        with self._lock:
-            self._base_seed = new_base_seed()
-            if self._independent_sampler is not None:
-                self._independent_sampler.reseed_rng()
 
     def _sync(self, study: Study, key_names: tuple[str, ...]) -> list[FrozenTrial]:
         """Catch up with the storage: new finished trials into the order and the dedup keys."""

@@ -25,6 +25,7 @@ from torch import nn
 
 from evo_fpn.samplers._common import (
     CompletionLog,
+    StorageBackedSampler,
     new_base_seed,
     ordered_space,
     sample_uniform,
@@ -105,7 +106,7 @@ def _deterministic_torch() -> Iterator[None]:
             torch.set_num_threads(n)
 
 
-class RLControllerSampler(BaseSampler):
+class RLControllerSampler(StorageBackedSampler):
     """A recurrent policy over the categorical decisions, trained on finished trials.
 
     **Policy.** An LSTM (``hidden_size``) emits the categorical params of the relative search
@@ -175,6 +176,20 @@ class RLControllerSampler(BaseSampler):
             the initial policy and the 8 most recent are kept).
         independent_sampler: sampler for non-decision params; ``None``: built-in random.
     """
+
+    _CACHE_ATTRS = (
+        "_study_key",
+        "_search_space",
+        "_log",
+        "_decisions",
+        "_sig",
+        "_policy",
+        "_np",
+        "_optim",
+        "_stats",
+        "_n_updates",
+        "_checkpoints",
+    )
 
     def __init__(
         self,
@@ -256,36 +271,6 @@ class RLControllerSampler(BaseSampler):
         self._stats: dict[str, Any] = {}
         self._n_updates = 0
         self._checkpoints: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        for k in (
-            "_study_key",
-            "_search_space",
-            "_log",
-            "_decisions",
-            "_sig",
-            "_policy",
-            "_np",
-            "_optim",
-            "_stats",
-            "_n_updates",
-            "_checkpoints",
-        ):
-            state.pop(k, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-        self._reset_caches()
-
-    def reseed_rng(self) -> None:
-        with self._lock:
-            self._base_seed = new_base_seed()
-            if self._independent_sampler is not None:
-                self._independent_sampler.reseed_rng()
 
     # -- public helpers ---------------------------------------------------------------------
     def sync(self, study: Study) -> int:
