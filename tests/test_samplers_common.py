@@ -122,10 +122,14 @@ def test_two_processes_share_one_study(name: str, scratch: Path) -> None:
             assert SAMPLE_KEY in t.system_attrs
 
 
-@pytest.mark.parametrize("cls", [AgingEvolutionSampler, RLControllerSampler])
-def test_docstring_example_runs(cls: type) -> None:
+@pytest.mark.parametrize(("cls", "optimum"), [(AgingEvolutionSampler, 0), (RLControllerSampler, 5)])
+def test_docstring_example_runs_and_finds_the_optimum(cls: type, optimum: float) -> None:
     code = cls.__doc__.split(".. code::", 1)[1].split("    Args:", 1)[0]
-    exec(textwrap.dedent(code), {})  # the README-style example on an ordinary study
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)  # the README-style example on an ordinary study
+    study = namespace["study"]
+    assert len(study.trials) == 100
+    assert study.best_value == optimum
 
 
 def test_samplers_import_only_optuna_numpy_torch() -> None:
