@@ -233,9 +233,11 @@ class ArchSpec:
         while pending:
             ready = [k for k in pending if all(x in placed for x in self.cells[k].inputs)]
             inter = [k for k in ready if not self.cells[k].is_output]
-            first_out = next(k for k in pending if self.cells[k].is_output) if any(
-                self.cells[k].is_output for k in pending
-            ) else None
+            first_out = (
+                next(k for k in pending if self.cells[k].is_output)
+                if any(self.cells[k].is_output for k in pending)
+                else None
+            )
             if inter:
                 pick = min(inter, key=lambda k: keys[n_in + k])
             elif first_out is not None and first_out in ready:
@@ -287,7 +289,7 @@ class ArchSpec:
                 )
             )
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
@@ -309,9 +311,7 @@ def _as_bool(value: Any) -> bool:
     return value
 
 
-def make_spec(
-    cells: Iterable[Sequence[Any]], *, min_level: int = 3, max_level: int = 7, name: str = ""
-) -> ArchSpec:
+def make_spec(cells: Iterable[Sequence[Any]], *, min_level: int = 3, max_level: int = 7, name: str = "") -> ArchSpec:
     """Build a validated spec from ``(level, op, (i, j), is_output)`` tuples."""
     spec = ArchSpec(
         cells=tuple(Cell(int(lvl), str(op), (int(ij[0]), int(ij[1])), bool(out)) for lvl, op, ij, out in cells),
