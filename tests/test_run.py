@@ -206,6 +206,7 @@ def test_quick_preset_end_to_end_with_the_real_proxy(tmp_path: Path) -> None:
     trials = sorted(study.trials, key=lambda t: t.number)
     assert states(study) == {"COMPLETE": 3}
     assert [t.user_attrs.get("reference") for t in trials[:2]] == ["published", "fpn"]
+    assert trials[2].user_attrs["parent_trial"] in (0, 1), "the demo's third trial is an evolution child"
     for t in trials:
         attrs = t.user_attrs
         assert 0.0 <= t.value <= 1.0 and t.value == attrs["ap"]
