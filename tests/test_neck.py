@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_spec import INDEPENDENT_A, INDEPENDENT_B
 from torch import nn
 from torchvision.models import resnet18, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
@@ -199,28 +200,7 @@ def test_specs_with_equal_hash_build_the_same_function(k):
 
 
 def test_independent_intermediate_cells_in_either_order_build_the_same_function():
-    a_spec = make_spec(
-        [
-            (5, "sum", (2, 3), False),
-            (4, "global_pool", (1, 4), False),
-            (3, "sum", (0, 6), True),
-            (4, "sum", (6, 7), True),
-            (5, "sum", (5, 8), True),
-            (6, "global_pool", (5, 9), True),
-            (7, "sum", (9, 10), True),
-        ]
-    )
-    b_spec = make_spec(
-        [
-            (4, "global_pool", (4, 1), False),
-            (5, "sum", (3, 2), False),
-            (3, "sum", (0, 5), True),
-            (4, "sum", (5, 7), True),
-            (5, "sum", (6, 8), True),
-            (6, "global_pool", (6, 9), True),
-            (7, "sum", (9, 10), True),
-        ]
-    )
+    a_spec, b_spec = INDEPENDENT_A, INDEPENDENT_B  # one network, intermediate cells in either order
     assert a_spec.canonical_hash() == b_spec.canonical_hash()
     torch.manual_seed(0)
     a, b = build_neck(a_spec, IN, 8, 2).eval(), build_neck(b_spec, IN, 8, 2).eval()
