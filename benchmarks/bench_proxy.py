@@ -3,6 +3,7 @@
     python -m benchmarks.bench_proxy                     # all parts, default preset
     python -m benchmarks.bench_proxy --part speed        # only images/s, side by side
     python -m benchmarks.bench_proxy --part noise        # AP of 8 architectures + 2 extra seeds
+    python -m benchmarks.bench_proxy --part noise --shard 1/2 &   # two processes share the trials
 
 * speed: the same architecture trained for the same number of steps on the same batches,
   once on cached C3..C5 features (the proxy) and once end to end (backbone included),
@@ -161,9 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per speed round")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
+    p.add_argument(
+        "--shard", default="0/1", help="I/N: run every N-th missing trial from the I-th (N processes share the work)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
+    try:
+        shard, shards = (int(v) for v in args.shard.split("/"))
+        assert 0 <= shard < shards
+    except (ValueError, AssertionError):
+        p.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "preset": args.preset,
@@ -176,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         archs = architectures(args.random)
         jobs = [(n, a, 0) for n, a in archs.items()]
         jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(1, args.seeds)]
-        done = run_trials(config, jobs, device=args.device, path=RESULTS / "proxy_trials.jsonl")
+        path = RESULTS / "proxy_trials.jsonl"
+        missing = [j for j in jobs if (j[0], j[2]) not in load_done(path, config.fingerprint())]
+        run_trials(config, missing[shard::shards], device=args.device, path=path)
+        done = load_done(path, config.fingerprint())
         noise = summarize_noise(done, list(archs), args.noise_arch, args.seeds)
         summary["noise"] = noise
         for name, ap in noise["ap_by_arch"].items():

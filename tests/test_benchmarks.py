@@ -1,0 +1,42 @@
+"""The benchmarks' fixed inputs: what the README's fidelity and noise figures rest on."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench_fidelity import REFERENCE, reference_config
+from benchmarks.bench_proxy import architectures, main
+from evo_fpn.proxy import PRESETS
+from evo_fpn.spec import ArchSpec
+
+
+def test_fidelity_reference_is_end_to_end_on_at_least_4x_the_default_proxys_images() -> None:
+    proxy = PRESETS["default"]
+    assert reference_config(proxy) is REFERENCE
+    assert REFERENCE.backbone_mode == "end_to_end"
+    assert REFERENCE.digits_train >= 4 * proxy.digits_train
+    assert (REFERENCE.digits_val, REFERENCE.image_size, REFERENCE.digits_seed) == (
+        proxy.digits_val,
+        proxy.image_size,
+        proxy.digits_seed,
+    )  # the same val images, so the two APs score the same thing
+
+
+def test_custom_reference_scales_the_proxys_images() -> None:
+    ref = reference_config(PRESETS["quick"], scale=3, epochs=1.0)
+    assert (ref.digits_train, ref.epochs, ref.backbone_mode) == (3 * PRESETS["quick"].digits_train, 1.0, "end_to_end")
+
+
+def test_benchmark_architectures_are_distinct_and_seeded() -> None:
+    archs = architectures(5)
+    assert list(archs)[:3] == ["published", "fpn", "torchvision_fpn"]
+    specs = [a for a in archs.values() if isinstance(a, ArchSpec)]
+    assert len({s.canonical_hash() for s in specs}) == len(specs) == 7
+    assert list(architectures(5)) == list(archs)
+
+
+@pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2"])
+def test_bad_shard_is_a_usage_error(shard: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--shard", shard])
+    assert exc.value.code == 2
