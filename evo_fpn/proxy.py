@@ -8,9 +8,11 @@ Workers on one machine share the cache (built under a file lock, written to a te
 renamed atomically). ``backbone_mode="end_to_end"`` trains everything per trial instead (the
 paper's proxy; what ``python -m evo_fpn.train`` uses).
 
-Optimisation settings dominate short budgets: a GroupNorm head (torchvision's
-``norm_layer``) with SGD at lr 0.05, linear warm-up and cosine decay learns from the first
-epoch, where a plain head at lr 0.02 stalls.
+Optimisation settings dominate short budgets. A GroupNorm head (torchvision's ``norm_layer``)
+learns from the first epoch where a plain one stalls, and AdamW (lr 1e-3, weight decay 0.05,
+linear warm-up, cosine decay) trains the from-scratch backbone far faster than SGD: measured on
+the default preset's 24-epoch backbone stage, val AP 0.265 against 0.110 with SGD at lr 0.05
+(AdamW at lr 2e-3 was behind 1e-3 at epoch 8: 0.069 vs 0.077).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class ProxyConfig:
     backbone: str = "resnet10"
     backbone_weights: str | None = None
     backbone_mode: str = "cached"
-    backbone_epochs: float = 6.0
+    backbone_epochs: float = 24.0
     backbone_seed: int = 0
     width: int = 64
     repeats: int = 3
@@ -98,12 +100,12 @@ class ProxyConfig:
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # training
-    epochs: float = 6.0
+    epochs: float = 12.0
     batch_size: int = 16
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     clip_grad: float = 10.0
     seed: int = 0
@@ -117,6 +119,17 @@ class ProxyConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise UsageError(f"proxy config: {msg}")
+
+        # ``epochs = 24`` in a TOML file is an int: make it 24.0, so that equal configs have
+        # equal fingerprints (and share one backbone cache).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "tuple[float, ...]"):
+                try:
+                    floats = tuple(map(float, value)) if isinstance(value, tuple) else float(value)
+                except (TypeError, ValueError):
+                    raise UsageError(f"proxy config: {f.name} must be a number, got {value!r}") from None
+                object.__setattr__(self, f.name, floats)
 
         need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         need(self.backbone_mode in ("cached", "end_to_end"), "backbone_mode must be 'cached' or 'end_to_end'")
@@ -213,7 +226,9 @@ PRESETS: dict[str, ProxyConfig] = {
         anchor_sizes=(32.0, 64.0, 128.0, 256.0, 512.0),
         epochs=10.0,
         batch_size=64,
+        optimizer="sgd",
         lr=0.08,
+        weight_decay=1e-4,
         train_split="train2017",
         val_split="val2017",
         reports=5,

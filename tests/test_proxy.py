@@ -101,6 +101,7 @@ def test_config_identity_and_checks() -> None:
     assert set(PRESETS) == {"quick", "default", "paper"}
     paper = PRESETS["paper"]
     assert (paper.backbone, paper.image_size, paper.epochs, paper.repeats) == ("resnet10", 512, 10.0, 3)
+    assert (paper.optimizer, paper.lr, paper.batch_size) == ("sgd", 0.08, 64)  # the paper's recipe, not ours
     with pytest.raises(UsageError, match="unknown proxy setting"):
         ProxyConfig.from_dict({"epochz": 1})
     with pytest.raises(UsageError, match="backbone must be one of"):
@@ -108,6 +109,12 @@ def test_config_identity_and_checks() -> None:
     with pytest.raises(UsageError, match="unknown proxy preset"):
         ProxyTask("huge")
     assert math.isfinite(TINY.lr)
+    # a TOML int where a float is declared is the same config (one fingerprint, one backbone cache)
+    as_ints = TINY.replace(epochs=2, backbone_epochs=1, anchor_sizes=[8, 16, 32, 64, 128])
+    assert as_ints == TINY.replace(epochs=2.0, anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0))
+    assert as_ints.backbone_key() == TINY.replace(anchor_sizes=(8.0, 16.0, 32.0, 64.0, 128.0)).backbone_key()
+    with pytest.raises(UsageError, match="lr must be a number"):
+        TINY.replace(lr="fast")
 
 
 def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
