@@ -104,6 +104,17 @@ def load_done(path: Path, fingerprint: str) -> dict[tuple[str, int], dict[str, A
     return done
 
 
+def parse_shard(parser: argparse.ArgumentParser, text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N); a usage error (exit 2) otherwise."""
+    try:
+        shard, shards = (int(v) for v in text.split("/"))
+        if 0 <= shard < shards:
+            return shard, shards
+    except ValueError:
+        pass
+    parser.error(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+
+
 def run_trials(
     config: ProxyConfig, jobs: list[tuple[str, ArchSpec | str, int]], *, device: str, path: Path
 ) -> dict[tuple[str, int], dict[str, Any]]:
@@ -168,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
-    try:
-        shard, shards = (int(v) for v in args.shard.split("/"))
-        assert 0 <= shard < shards
-    except (ValueError, AssertionError):
-        p.error(f"--shard must be I/N with 0 <= I < N, got {args.shard!r}")
+    shard, shards = parse_shard(p, args.shard)
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "preset": args.preset,

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.bench_fidelity import REFERENCE, reference_config
+from benchmarks.bench_fidelity import REFERENCES, reference_config
+from benchmarks.bench_fidelity import main as fidelity_main
 from benchmarks.bench_proxy import architectures, main
 from evo_fpn.proxy import PRESETS
 from evo_fpn.spec import ArchSpec
 
 
-def test_fidelity_reference_is_end_to_end_on_at_least_4x_the_default_proxys_images() -> None:
-    proxy = PRESETS["default"]
-    assert reference_config(proxy) is REFERENCE
-    assert REFERENCE.backbone_mode == "end_to_end"
-    assert REFERENCE.digits_train >= 4 * proxy.digits_train
-    assert (REFERENCE.digits_val, REFERENCE.image_size, REFERENCE.digits_seed) == (
-        proxy.digits_val,
-        proxy.image_size,
-        proxy.digits_seed,
-    )  # the same val images, so the two APs score the same thing
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_fidelity_references_are_end_to_end_on_at_least_4x_the_default_proxys_images(name: str) -> None:
+    proxy, ref = PRESETS["default"], REFERENCES[name]
+    assert reference_config(proxy, name) is ref
+    assert ref.backbone_mode == "end_to_end"
+    assert ref.digits_train >= 4 * proxy.digits_train
+    assert (ref.digits_val, ref.image_size, ref.digits_seed) == (proxy.digits_val, proxy.image_size, proxy.digits_seed)
+    # ^ the same val images, so proxy and reference APs score the same thing
 
 
 def test_custom_reference_scales_the_proxys_images() -> None:
@@ -37,6 +36,7 @@ def test_benchmark_architectures_are_distinct_and_seeded() -> None:
 
 @pytest.mark.parametrize("shard", ["2/2", "1", "a/b", "-1/2"])
 def test_bad_shard_is_a_usage_error(shard: str) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--shard", shard])
-    assert exc.value.code == 2
+    for bench in (main, fidelity_main):
+        with pytest.raises(SystemExit) as exc:
+            bench(["--shard", shard])
+        assert exc.value.code == 2
