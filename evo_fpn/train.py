@@ -8,7 +8,7 @@ Examples::
 
     python -m evo_fpn.train --arch published --epochs 24
     python -m evo_fpn.train --arch best.json --data ~/coco --preset paper --device auto
-    python -m evo_fpn.train --arch fpn --set width=128 --set lr=0.02
+    python -m evo_fpn.train --arch fpn --set width=128 --set lr=0.0005
 """
 
 from __future__ import annotations

@@ -330,3 +330,20 @@ def test_resumed_evolution_study_continues_exactly_as_an_uninterrupted_one(tmp_p
     assert [t.params for t in whole] == [t.params for t in split]
     assert [t.user_attrs.get("parent_trial") for t in whole] == [t.user_attrs.get("parent_trial") for t in split]
     assert any(t.user_attrs.get("parent_trial") is not None for t in whole[4:])  # evolution really mutated
+
+
+def test_busy_cpu_hint_only_for_cpu_training_with_default_threads_on_a_loaded_machine(tmp_path: Path) -> None:
+    from evo_fpn.run import build_parser, busy_cpu_hint, prepare
+
+    def prepared(*extra: str):  # validation only: prepare() writes nothing
+        argv = ["--study", "quick", "--storage", f"sqlite:///{tmp_path}/s.db", *extra]
+        return prepare(build_parser().parse_args(argv))
+
+    cpu = prepared("--device", "cpu")
+    hint = busy_cpu_hint(cpu, threads=None, load=3.1, cores=2)
+    assert hint is not None and "load 3.1 on 2 cores" in hint and "--threads 1" in hint
+    assert busy_cpu_hint(cpu, threads=1, load=3.1, cores=2) is None  # the user chose
+    assert busy_cpu_hint(cpu, threads=None, load=0.4, cores=2) is None  # idle machine
+    synthetic = prepared("--device", "cpu", "--objective", "synthetic")
+    assert busy_cpu_hint(synthetic, threads=None, load=3.1, cores=2) is None  # no training
+    assert not (tmp_path / "s.db").exists()
