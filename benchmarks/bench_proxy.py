@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(n, a, 0) for n, a in archs.items()]
         jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(1, args.seeds)]
         path = RESULTS / "proxy_trials.jsonl"
-        missing = [j for j in jobs if (j[0], j[2]) not in load_done(path, config.fingerprint())]
+        finished = load_done(path, config.fingerprint())
+        missing = [j for j in jobs if (j[0], j[2]) not in finished]
         run_trials(config, missing[shard::shards], device=args.device, path=path)
         done = load_done(path, config.fingerprint())
         noise = summarize_noise(done, list(archs), args.noise_arch, args.seeds)
