@@ -44,8 +44,7 @@ def architectures(n_random: int, seed: int = 0) -> dict[str, ArchSpec | str]:
     space = NasFpnSpace()
     rng = random.Random(seed)
     while len(archs) < 3 + n_random:
-        params = {name: rng.choice(d.choices) for name, d in space.distributions.items()}
-        spec = space.decode(params)
+        spec = space.sample(rng)
         archs[f"random{len(archs) - 2}-{spec.canonical_hash()[:6]}"] = spec
     return archs
 

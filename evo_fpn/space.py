@@ -21,6 +21,7 @@ two ways, so that no trial ever fails on them:
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -139,6 +140,10 @@ class NasFpnSpace:
             used = {decided.get(f"cell{m2}.level") for m2 in range(self.config.num_intermediate, k)}
             return [x for x in choices if x not in used]
         return None
+
+    def sample(self, rng: random.Random) -> ArchSpec:
+        """A random point of the space: every decision uniform, then repaired by :meth:`decode`."""
+        return self.decode({name: rng.choice(d.choices) for name, d in self.distributions.items()})
 
     # -- params <-> spec -------------------------------------------------------------------
     def suggest(self, trial: optuna.Trial) -> ArchSpec:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import optuna
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -92,6 +94,16 @@ def test_decode_repairs_equal_inputs_and_repeated_output_levels():
     assert SPACE.decode(params).cells[1].inputs == (5, 0)
     params["cell6.level"] = "P7"  # P7 is taken, P3..P5 too: wraps around to the free P6
     assert SPACE.decode(params).cells[6].level == 6
+
+
+def test_sample_draws_valid_seeded_points_across_the_space():
+    specs = [SPACE.sample(random.Random(seed)) for seed in range(20)]
+    again = [SPACE.sample(random.Random(seed)) for seed in range(20)]
+    assert [s.canonical_hash() for s in specs] == [s.canonical_hash() for s in again]
+    assert len({s.canonical_hash() for s in specs}) == 20
+    assert {c.op for s in specs for c in s.cells} == {"sum", "global_pool"}
+    for spec in specs:
+        assert SPACE.decode(SPACE.encode(spec)) == spec
 
 
 def test_decode_rejects_missing_or_foreign_values():
