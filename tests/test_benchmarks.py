@@ -21,6 +21,13 @@ def test_fidelity_references_are_end_to_end_on_at_least_4x_the_default_proxys_im
     # ^ the same val images, so proxy and reference APs score the same thing
 
 
+def test_fixed_references_do_not_move() -> None:
+    # Their finished runs (results/fidelity_reference.jsonl) are keyed by these fingerprints; a
+    # change to ProxyConfig's defaults must not silently start a new, empty reference.
+    fingerprints = {name: ref.fingerprint() for name, ref in REFERENCES.items()}
+    assert fingerprints == {"adamw": "78da16709026c913", "adamw-4ep": "bf3c397ebb1412d6", "sgd": "e6277b56d2cc0094"}
+
+
 def test_custom_reference_scales_the_proxys_images() -> None:
     ref = reference_config(PRESETS["quick"], scale=3, epochs=1.0)
     assert (ref.digits_train, ref.epochs, ref.backbone_mode) == (3 * PRESETS["quick"].digits_train, 1.0, "end_to_end")
