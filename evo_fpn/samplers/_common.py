@@ -224,6 +224,25 @@ class StorageBackedSampler(BaseSampler):
     _lock: threading.RLock
     _base_seed: int
     _independent_sampler: BaseSampler | None
+    _constraints: ChoiceConstraints | None
+
+    def _init_common(
+        self, *, seed: int | None, constraints: ChoiceConstraints | None, independent_sampler: BaseSampler | None
+    ) -> None:
+        """Checks and stores the settings every subclass shares, then builds the caches: the
+        last step of a subclass's ``__init__``."""
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if constraints is not None and not (
+            callable(getattr(constraints, "decision_order", None))
+            and callable(getattr(constraints, "allowed_choices", None))
+        ):
+            raise ValueError("constraints must implement decision_order(names) and allowed_choices(name, decided)")
+        self._constraints = constraints
+        self._independent_sampler = independent_sampler
+        self._base_seed = int(seed) if seed is not None else new_base_seed()
+        self._lock = threading.RLock()
+        self._reset_caches()
 
     def _reset_caches(self) -> None:
         raise NotImplementedError

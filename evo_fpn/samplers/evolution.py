@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,7 +16,6 @@ from evo_fpn.samplers._common import (
     CompletionLog,
     StorageBackedSampler,
     last_intermediate,
-    new_base_seed,
     ordered_space,
     perturb,
     sample_joint_random,
@@ -134,24 +132,13 @@ class AgingEvolutionSampler(StorageBackedSampler):
             raise ValueError(f"max_dedup_tries must be an int >= 0, got {max_dedup_tries!r}")
         if not float(perturb_scale) > 0.0:
             raise ValueError(f"perturb_scale must be > 0, got {perturb_scale!r}")
-        if seed is not None and not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        if constraints is not None and not (
-            callable(getattr(constraints, "decision_order", None))
-            and callable(getattr(constraints, "allowed_choices", None))
-        ):
-            raise ValueError("constraints must implement decision_order(names) and allowed_choices(name, decided)")
         self._population_size = population_size
         self._sample_size = sample_size
         self._p_identity = float(mutation_prob_identity)
-        self._constraints = constraints
         self._dedup = bool(dedup)
         self._max_dedup_tries = max_dedup_tries
         self._perturb_scale = float(perturb_scale)
-        self._independent_sampler = independent_sampler
-        self._base_seed = int(seed) if seed is not None else new_base_seed()
-        self._lock = threading.RLock()
-        self._reset_caches()
+        self._init_common(seed=seed, constraints=constraints, independent_sampler=independent_sampler)
 
     # -- caches (rebuilt from the storage whenever needed) ------------------------------
     def _reset_caches(self) -> None:

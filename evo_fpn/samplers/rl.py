@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -26,7 +25,6 @@ from torch import nn
 from evo_fpn.samplers._common import (
     CompletionLog,
     StorageBackedSampler,
-    new_base_seed,
     ordered_space,
     sample_uniform,
     study_key,
@@ -231,16 +229,8 @@ class RLControllerSampler(StorageBackedSampler):
             raise ValueError(f"ppo_clip must be in (0, 1), got {ppo_clip!r}")
         if not float(max_grad_norm) > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm!r}")
-        if seed is not None and not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
         if not isinstance(policy_seed, (int, np.integer)):
             raise ValueError(f"policy_seed must be an int, got {policy_seed!r}")
-        if constraints is not None and not (
-            callable(getattr(constraints, "decision_order", None))
-            and callable(getattr(constraints, "allowed_choices", None))
-        ):
-            raise ValueError("constraints must implement decision_order(names) and allowed_choices(name, decided)")
-        self._constraints = constraints
         self._hidden_size = hidden_size
         self._embedding_size = embedding_size
         self._lr = float(lr)
@@ -253,10 +243,7 @@ class RLControllerSampler(StorageBackedSampler):
         self._max_grad_norm = float(max_grad_norm)
         self._policy_seed = int(policy_seed)
         self._checkpoint_every = checkpoint_every
-        self._independent_sampler = independent_sampler
-        self._base_seed = int(seed) if seed is not None else new_base_seed()
-        self._lock = threading.RLock()
-        self._reset_caches()
+        self._init_common(seed=seed, constraints=constraints, independent_sampler=independent_sampler)
 
     # -- state rebuilt from the storage ---------------------------------------------------
     def _reset_caches(self) -> None:
