@@ -26,7 +26,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from evo_fpn.cli import UsageError
-from evo_fpn.neck import CyclingNeck, build_neck
+from evo_fpn.neck import build_neck
 from evo_fpn.spec import ArchSpec
 
 BACKBONES: tuple[str, ...] = (
@@ -209,7 +209,7 @@ class Detector(nn.Module):
 
 
 def build_detector(
-    arch: ArchSpec | str | Sequence[ArchSpec | str],
+    arch: ArchSpec | str,
     *,
     num_classes: int,
     image_size: int,
@@ -226,22 +226,17 @@ def build_detector(
     head_norm: str = "group",
     **kwargs: float,
 ) -> Detector:
-    """A RetinaNet for ``arch`` (a spec, ``"published"``, ``"fpn"`` or ``"torchvision_fpn"``;
-    a list of them makes the necks take turns, see :class:`~evo_fpn.neck.CyclingNeck`).
+    """A RetinaNet for ``arch`` (a spec, ``"published"``, ``"fpn"`` or ``"torchvision_fpn"``).
 
     ``with_backbone=False`` builds only neck + head (for training on cached features);
     the backbone's C3..C5 channels still come from ``backbone``.
     """
     body = Backbone(backbone, weights_path=weights_path)
     channels = body.out_channels
-
-    def neck_for(one: ArchSpec | str) -> nn.Module:
-        norm = norm_factory(neck_norm)
-        if one == "torchvision_fpn" and neck_norm == "batch":
-            norm = None  # torchvision's FPN is norm-free; keep the baseline as torchvision ships it
-        return build_neck(one, channels, width, repeats, norm_layer=norm)
-
-    neck = CyclingNeck([neck_for(a) for a in arch]) if isinstance(arch, (list, tuple)) else neck_for(arch)
+    norm = norm_factory(neck_norm)
+    if arch == "torchvision_fpn" and neck_norm == "batch":
+        norm = None  # torchvision's FPN is norm-free; keep the baseline as torchvision ships it
+    neck = build_neck(arch, channels, width, repeats, norm_layer=norm)
     return Detector(
         backbone=body if with_backbone else None,
         neck=neck,

@@ -287,29 +287,6 @@ class TorchvisionFpn(nn.Module):
         return self.fpn(OrderedDict((f"p{3 + i}", x) for i, x in enumerate(maps)))
 
 
-class CyclingNeck(nn.Module):
-    """Several necks taking turns, the next one on every forward call.
-
-    The proxy's backbone stage trains through one of these, so that the frozen features it
-    caches are not tuned to a single neck (which would favour that neck's look-alikes in every
-    trial). The necks share ``out_channels``, so one head serves them all.
-    """
-
-    def __init__(self, necks: Sequence[nn.Module]) -> None:
-        super().__init__()
-        widths = {int(n.out_channels) for n in necks}  # type: ignore[arg-type]
-        if len(widths) != 1:
-            raise ValueError(f"cycling necks need one common out_channels, got {sorted(widths) or 'no necks'}")
-        self.necks = nn.ModuleList(necks)
-        self.out_channels = widths.pop()
-        self.turn = 0
-
-    def forward(self, features: Mapping[str, Tensor] | Sequence[Tensor]) -> OrderedDict[str, Tensor]:
-        neck = self.necks[self.turn % len(self.necks)]
-        self.turn += 1
-        return neck(features)
-
-
 def build_neck(
     arch: ArchSpec | str,
     in_channels: Sequence[int],

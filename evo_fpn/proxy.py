@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,18 +51,11 @@ from evo_fpn.data import (
 from evo_fpn.detector import BACKBONES, HEAD_NORMS, Detector, build_detector, freeze
 from evo_fpn.digits import DigitsConfig, build_digits, cache_root
 from evo_fpn.evaluate import METRIC_NAMES, coco_ap
-from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import ArchSpec
 
 register_user_error(DatasetError)
 
 CACHE_FORMAT_VERSION = 1
-
-ADDED_FIELDS: dict[str, Any] = {"stage_necks": 0}
-"""Config fields added after the first release, with the value that reproduces the behaviour
-from before they existed. At that value a field stays out of fingerprints (see
-:meth:`ProxyConfig.identity`)."""
-_UNSET = object()
 
 
 class TrialFailed(Exception):
@@ -99,10 +91,6 @@ class ProxyConfig:
     backbone_mode: str = "cached"
     backbone_epochs: float = 24.0
     backbone_seed: int = 0
-    # 0: the backbone stage trains through torchvision's FPN. N > 0: through N random necks of
-    # the search space taking turns (seeded by backbone_seed), so that no neck's look-alikes get
-    # features tuned for them.
-    stage_necks: int = 0
     width: int = 64
     repeats: int = 3
     neck_norm: str = "batch"
@@ -152,7 +140,6 @@ class ProxyConfig:
         need(self.width >= 8 and self.repeats >= 1, "width must be >= 8 and repeats >= 1")
         need(0 <= self.head_depth <= 4, "head_depth must lie in 0..4")
         need(self.epochs > 0 and self.backbone_epochs >= 0, "epochs must be > 0 and backbone_epochs >= 0")
-        need(self.stage_necks >= 0, "stage_necks must be >= 0 (0: the stage trains torchvision's FPN)")
         need(self.batch_size >= 1 and self.lr > 0, "batch_size must be >= 1 and lr > 0")
         need(0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)")
         need(self.reports >= 1, "reports must be >= 1")
@@ -180,14 +167,9 @@ class ProxyConfig:
     def replace(self, **changes: Any) -> ProxyConfig:
         return ProxyConfig.from_dict(changes, base=self)
 
-    def identity(self) -> dict[str, Any]:
-        """:meth:`to_dict` without fields added later that still hold their old behaviour's
-        value, so that an upgrade keeps existing studies' and caches' fingerprints."""
-        return {k: v for k, v in self.to_dict().items() if ADDED_FIELDS.get(k, _UNSET) != v}
-
     def fingerprint(self) -> str:
         """Hash of everything that changes results (device and progress bar are not config)."""
-        return _hash(self.identity())
+        return _hash(self.to_dict())
 
     def dataset_key(self) -> dict[str, Any]:
         if self.data is None:
@@ -198,9 +180,9 @@ class ProxyConfig:
         """Hash of what the cached backbone and its features depend on (not the trial's settings)."""
         fields = ("image_size", "resize", "backbone", "backbone_weights", "backbone_epochs", "backbone_seed", "width")
         fields += ("head_depth", "head_norm", "anchor_sizes", "anchor_scales", "aspect_ratios", "batch_size")
-        fields += ("optimizer", "lr", "momentum", "weight_decay", "warmup_fraction", "clip_grad", "stage_necks")
-        d = self.identity()
-        return _hash({"v": CACHE_FORMAT_VERSION, **self.dataset_key(), **{k: d[k] for k in fields if k in d}})
+        fields += ("optimizer", "lr", "momentum", "weight_decay", "warmup_fraction", "clip_grad")
+        d = self.to_dict()
+        return _hash({"v": CACHE_FORMAT_VERSION, **self.dataset_key(), **{k: d[k] for k in fields}})
 
     def digits_config(self) -> DigitsConfig:
         return DigitsConfig(
@@ -552,23 +534,13 @@ class ProxyTask:
         self._backbone_state = blob["backbone"]
         self._backbone_flops = int(blob["backbone_flops"])
 
-    def stage_necks(self) -> list[ArchSpec | str]:
-        """The neck(s) the backbone stage trains through (see ``ProxyConfig.stage_necks``)."""
-        cfg = self.config
-        if cfg.stage_necks == 0:
-            return ["torchvision_fpn"]
-        # Its own seed stream: not the benchmarks' random architectures (random.Random(0)).
-        rng = random.Random(f"stage necks {cfg.backbone_seed}")
-        space = NasFpnSpace()
-        return [space.sample(rng) for _ in range(cfg.stage_necks)]
-
     def _build_cache(self, train_split: Split, val_split: Split, path: Path) -> None:
-        """Train backbone + stage neck(s) + head end to end, freeze it, store C3..C5 of every image."""
+        """Train backbone + torchvision FPN + head end to end, freeze it, store C3..C5 of every image."""
         cfg = self.config
         train = _load_inputs(train_split, cfg.image_size, cfg.resize, self.progress)
         val = _load_inputs(val_split, cfg.image_size, cfg.resize, self.progress)
         torch.manual_seed(cfg.backbone_seed)
-        model = self._detector(self.stage_necks(), with_backbone=True).to(self.device)
+        model = self._detector("torchvision_fpn", with_backbone=True).to(self.device)
         t0 = time.perf_counter()
         if cfg.backbone_epochs > 0:
             train_detector(
@@ -634,7 +606,7 @@ class ProxyTask:
             return {}
         return dict(torch.load(self.cache_path(), map_location="cpu", weights_only=True)["meta"])
 
-    def _detector(self, arch: ArchSpec | str | Sequence[ArchSpec | str], *, with_backbone: bool) -> Detector:
+    def _detector(self, arch: ArchSpec | str, *, with_backbone: bool) -> Detector:
         cfg = self.config
         return build_detector(
             arch,

@@ -19,7 +19,6 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from evo_fpn.cost import backbone_feature_shapes, count_flops, count_params, neck_cost
 from evo_fpn.neck import (
     BACKBONE_CHANNELS,
-    CyclingNeck,
     GlobalPoolCell,
     NasFpn,
     PyramidRepeat,
@@ -256,22 +255,6 @@ def test_bad_arguments_are_rejected():
     neck = build_neck(PUBLISHED_NASFPN, IN, 8, 1)
     with pytest.raises(ValueError, match="expected 3 backbone maps"):
         neck(features(32, 32)[:2])
-
-
-def test_cycling_necks_take_turns_and_share_one_width():
-    necks = [build_neck("torchvision_fpn", IN, 8, 1), build_neck(PUBLISHED_NASFPN, IN, 8, 1)]
-    cycling = CyclingNeck(necks)
-    x = features(32, 32)
-    for turn in range(4):
-        got = cycling(x)
-        want = necks[turn % 2](x)
-        assert all(torch.equal(got[k], want[k]) for k in want)
-    assert cycling.out_channels == 8
-    assert len(list(cycling.parameters())) == sum(len(list(n.parameters())) for n in necks)
-    with pytest.raises(ValueError, match="one common out_channels"):
-        CyclingNeck([build_neck(FPN_LIKE, IN, 8, 1), build_neck(FPN_LIKE, IN, 16, 1)])
-    with pytest.raises(ValueError, match="no necks"):
-        CyclingNeck([])
 
 
 def test_reference_names_and_the_torchvision_fpn():
