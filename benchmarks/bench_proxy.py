@@ -10,7 +10,8 @@
   interleaved in rounds so machine load hits both alike; images/s and their ratio.
 * ap / noise: published NAS-FPN, FPN-like, torchvision FPN and ``--random`` random
   architectures (seeded) under the preset, plus ``--seeds`` seeds of one architecture.
-  Signal-to-noise = std of AP across architectures / mean std over seeds of one architecture.
+  Signal-to-noise = std of the seed-0 AP across architectures (population std) / std of the
+  noise architecture's AP over its seeds (sample std, n - 1).
   Trials are appended to ``benchmarks/results/proxy_trials.jsonl`` as they finish; a rerun
   skips the ones already there (same preset fingerprint), so the run can be resumed.
 """
