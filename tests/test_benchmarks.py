@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+import benchmarks.bench_fidelity as fid
 from benchmarks.bench_fidelity import REFERENCES, reference_config
 from benchmarks.bench_fidelity import main as fidelity_main
 from benchmarks.bench_proxy import architectures, main
@@ -25,7 +29,12 @@ def test_fixed_references_do_not_move() -> None:
     # Their finished runs (results/fidelity_reference.jsonl) are keyed by these fingerprints; a
     # change to ProxyConfig's defaults must not silently start a new, empty reference.
     fingerprints = {name: ref.fingerprint() for name, ref in REFERENCES.items()}
-    assert fingerprints == {"adamw": "78da16709026c913", "adamw-4ep": "bf3c397ebb1412d6", "sgd": "e6277b56d2cc0094"}
+    assert fingerprints == {
+        "adamw": "78da16709026c913",
+        "adamw-4ep": "bf3c397ebb1412d6",
+        "adamw-8ep": "d09f3477f3c79640",
+        "sgd": "e6277b56d2cc0094",
+    }
 
 
 def test_custom_reference_scales_the_proxys_images() -> None:
@@ -47,3 +56,37 @@ def test_bad_shard_is_a_usage_error(shard: str) -> None:
         with pytest.raises(SystemExit) as exc:
             bench(["--shard", shard])
         assert exc.value.code == 2
+
+
+def test_bad_proxy_seeds_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        fidelity_main(["--report", "--proxy-seeds", "0"])
+    assert exc.value.code == 2
+
+
+def test_fidelity_report_ranks_the_mean_of_the_proxy_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(fid, "RESULTS", tmp_path)
+    names = list(architectures(2))
+    proxy_fp, ref_fp = PRESETS["default"].fingerprint(), REFERENCES["adamw"].fingerprint()
+    # Seed 0 alone ranks the 5 architectures backwards; the mean of seeds 0 and 1 ranks them
+    # as the reference does. The last architecture lacks seed 1, so the mean leaves it out.
+    proxy = [(n, 0, 0.5 - 0.1 * i) for i, n in enumerate(names)]
+    proxy += [(n, 1, 0.3 * i) for i, n in enumerate(names[:-1])]
+    with (tmp_path / "proxy_trials.jsonl").open("w") as f:
+        for n, seed, ap in proxy:
+            f.write(json.dumps({"fingerprint": proxy_fp, "arch": n, "seed": seed, "ap": ap}) + "\n")
+    with (tmp_path / "fidelity_reference.jsonl").open("w") as f:
+        for i, n in enumerate(names):
+            f.write(json.dumps({"fingerprint": ref_fp, "arch": n, "seed": 0, "ap": 0.01 * i}) + "\n")
+
+    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw"]) == 0
+    one = json.loads((tmp_path / "bench_fidelity_default_adamw.json").read_text())
+    assert one["tau"] == pytest.approx(-1.0) and len(one["rows"]) == 5
+    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw", "--proxy-seeds", "2"]) == 0
+    two = json.loads((tmp_path / "bench_fidelity_default_adamw_2seeds.json").read_text())
+    assert [r[0] for r in two["rows"]] == names[:-1]
+    assert two["rows"][1][1] == pytest.approx((0.4 + 0.3) / 2)
+    assert two["tau"] == pytest.approx(1.0)
+    assert "mean over seeds 0..1" in capsys.readouterr().out
