@@ -109,6 +109,7 @@ class ProxyConfig:
     warmup_fraction: float = 0.05
     clip_grad: float = 10.0
     seed: int = 0
+    seeds: int = 1  # trainings per trial, seeds seed..seed+seeds-1; the score is their mean AP
     reports: int = 3
     # evaluation
     score_thresh: float = 0.05
@@ -143,6 +144,7 @@ class ProxyConfig:
         need(self.batch_size >= 1 and self.lr > 0, "batch_size must be >= 1 and lr > 0")
         need(0 <= self.warmup_fraction < 1, "warmup_fraction must lie in [0, 1)")
         need(self.reports >= 1, "reports must be >= 1")
+        need(type(self.seeds) is int and self.seeds >= 1, f"seeds must be an integer >= 1, got {self.seeds!r}")
         need(len(self.anchor_sizes) == 5, "anchor_sizes needs one size per level P3..P7 (5 values)")
         need(self.digits_train >= 1 and self.digits_val >= 1, "digits_train and digits_val must be >= 1")
 
@@ -168,8 +170,12 @@ class ProxyConfig:
         return ProxyConfig.from_dict(changes, base=self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (device and progress bar are not config)."""
-        return _hash(self.to_dict())
+        """Hash of everything that changes results (device and progress bar are not config).
+
+        Fields added after results were first stored (:data:`_LATER_FIELDS`) are hashed only
+        when they differ from their default, so existing studies and records keep theirs."""
+        d = self.to_dict()
+        return _hash({k: v for k, v in d.items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]})
 
     def dataset_key(self) -> dict[str, Any]:
         if self.data is None:
@@ -193,6 +199,10 @@ class ProxyConfig:
             max_scale=min(self.digits_max_scale, self.image_size),
             seed=self.digits_seed,
         )
+
+
+_LATER_FIELDS: dict[str, Any] = {"seeds": 1}
+"""Fields added after fingerprints were first stored, with the default that leaves them out."""
 
 
 def _hash(obj: Any) -> str:
@@ -630,11 +640,12 @@ class ProxyTask:
         )
 
     # -- one trial -------------------------------------------------------------------------
-    def build(self, spec: ArchSpec | str) -> Detector:
-        """The detector a trial trains: neck + head (cached mode) or the full model, seeded."""
+    def build(self, spec: ArchSpec | str, seed: int | None = None) -> Detector:
+        """The detector a trial trains: neck + head (cached mode) or the full model, seeded
+        (``seed`` defaults to the config's)."""
         self.prepare()
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed if seed is None else seed)
         cached = cfg.backbone_mode == "cached"
         model = self._detector(spec, with_backbone=not cached)
         return model.to(self.device)
@@ -676,23 +687,62 @@ class ProxyTask:
     def evaluate(self, spec: ArchSpec | str, trial: optuna.Trial | None = None) -> dict[str, Any]:
         """Train ``spec`` under this proxy and return its metrics (``metrics["ap"]`` is the objective).
 
-        Reports intermediate AP to ``trial`` (pruning honoured: raises ``optuna.TrialPruned``),
-        writes the user attrs of the contract, raises :class:`TrialFailed` on a non-finite loss.
+        With ``seeds`` > 1 it trains once per seed and every AP metric is the mean over seeds
+        (``ap_seeds`` lists the APs). Reports intermediate AP to ``trial`` (seed k's step s at
+        step k * steps + s, so pruning can stop a bad architecture after its first seed; the
+        last report is the mean), writes the user attrs of the contract, raises
+        :class:`TrialFailed` on a non-finite loss.
         """
         self.prepare()
-        assert self._train is not None and self._val is not None
+        assert self._train is not None
         cfg = self.config
         spec_json, spec_hash = (spec.to_json(), spec.canonical_hash()) if isinstance(spec, ArchSpec) else (spec, spec)
         if trial is not None:
             trial.set_user_attr("spec", spec_json)
             trial.set_user_attr("spec_hash", spec_hash)
-        model = self.build(spec)
-        costs = self.costs(model)
+        costs = self.costs(self.build(spec))
         if trial is not None:
             for k, v in costs.items():
                 trial.set_user_attr(k, int(v))
         steps_per_epoch = max(1, len(self._train) // cfg.batch_size)
         total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        runs = []
+        try:
+            for k in range(cfg.seeds):
+                runs.append(self._train_one(spec, cfg.seed + k, total, k * total, last=k == cfg.seeds - 1, trial=trial))
+        except TrialFailed as exc:
+            if trial is not None:
+                trial.set_user_attr("fail_reason", exc.reason)
+            raise
+        finals = [run["final"] for run in runs]
+        metrics: dict[str, Any] = {k: float(np.mean([f[k] for f in finals])) for k in METRIC_NAMES}
+        metrics.update(costs)
+        metrics.update(
+            train_seconds=float(sum(run["train_seconds"] for run in runs)),
+            eval_seconds=float(sum(run["eval_seconds"] for run in runs)),
+            images_per_s=float(np.mean([run["images_per_s"] for run in runs])),
+        )
+        metrics.update(spec=spec_json, spec_hash=spec_hash)
+        if cfg.seeds > 1:
+            metrics["ap_seeds"] = [float(f["ap"]) for f in finals]
+        if trial is not None:
+            for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s"):
+                trial.set_user_attr(k, metrics[k])
+            if cfg.seeds > 1:
+                trial.set_user_attr("ap_seeds", metrics["ap_seeds"])
+            trial.report(metrics["ap"], cfg.seeds * total)
+        history = [point for run in runs for point in run["history"]]
+        metrics.update(first_loss=runs[0]["first_loss"], last_loss=runs[-1]["last_loss"], history=history)
+        return metrics
+
+    def _train_one(
+        self, spec: ArchSpec | str, seed: int, total: int, offset: int, *, last: bool, trial: optuna.Trial | None
+    ) -> dict[str, Any]:
+        """One seed's training and evaluations; its reports go to ``trial`` at ``offset + step``
+        (all but the trial's very last, which :meth:`evaluate` reports as the mean)."""
+        assert self._train is not None and self._val is not None
+        cfg = self.config
+        model = self.build(spec, seed)
         eval_points = sorted({max(1, round(total * (k + 1) / cfg.reports)) for k in range(cfg.reports)})
         history: list[tuple[int, float]] = []
         eval_seconds = [0.0]
@@ -705,47 +755,28 @@ class ProxyTask:
                 predict(model, self._val, device=self.device, progress=self.progress),  # type: ignore[arg-type]
             )
             eval_seconds[0] += time.perf_counter() - t0
-            history.append((step, metrics["ap"]))
+            history.append((offset + step, metrics["ap"]))
             final.clear()
             final.update(metrics)
-            if trial is not None and step < total_steps:
-                trial.report(metrics["ap"], step)
+            if trial is not None and not (last and step == total_steps):
+                trial.report(metrics["ap"], offset + step)
                 if trial.should_prune():
                     trial.set_user_attr("ap", metrics["ap"])
-                    raise optuna.TrialPruned(f"pruned at step {step} with AP {metrics['ap']:.4f}")
+                    raise optuna.TrialPruned(f"pruned at step {offset + step} with AP {metrics['ap']:.4f}")
 
-        try:
-            facts = train_detector(
-                model,
-                self._train,
-                config=cfg,
-                epochs=cfg.epochs,
-                device=self.device,
-                seed=cfg.seed,
-                progress=self.progress,
-                eval_points=eval_points,
-                on_eval=on_eval,
-            )
-        except TrialFailed as exc:
-            if trial is not None:
-                trial.set_user_attr("fail_reason", exc.reason)
-            raise
-        metrics: dict[str, Any] = {k: float(final[k]) for k in METRIC_NAMES}
-        metrics.update(costs)
-        metrics.update(
-            train_seconds=float(facts["train_seconds"]),
-            eval_seconds=float(eval_seconds[0]),
-            images_per_s=float(facts["images_per_s"]),
+        facts = train_detector(
+            model,
+            self._train,
+            config=cfg,
+            epochs=cfg.epochs,
+            device=self.device,
+            seed=seed,
+            progress=self.progress,
+            eval_points=eval_points,
+            on_eval=on_eval,
         )
-        metrics.update(spec=spec_json, spec_hash=spec_hash)
-        if trial is not None:
-            for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s"):
-                trial.set_user_attr(k, metrics[k])
-            if history:
-                trial.report(history[-1][1], history[-1][0])
-        metrics.update(first_loss=facts["first_loss"], last_loss=facts["last_loss"], history=history)
         self.last_model = model
-        return metrics
+        return {**facts, "final": final, "history": history, "eval_seconds": eval_seconds[0]}
 
 
 def _is_param(key: str) -> bool:

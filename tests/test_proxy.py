@@ -82,6 +82,23 @@ def test_non_finite_loss_fails_the_trial_cleanly(tmp_path: Path, task: ProxyTask
     assert "non-finite loss" in trial.user_attrs["fail_reason"]
 
 
+def test_several_seeds_score_their_mean_and_report_every_seed(task: ProxyTask) -> None:
+    def sibling(**changes: object) -> ProxyTask:  # 16 epochs: the first AP above 0 on this tiny data
+        return ProxyTask(TINY.replace(epochs=16.0, **changes), device="cpu", progress=False, cache_dir=task.cache_dir)
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: sibling(seeds=2).evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    trial = study.trials[0]
+    seeds = trial.user_attrs["ap_seeds"]
+    assert seeds == [sibling().evaluate(PUBLISHED_NASFPN)["ap"], sibling(seed=1).evaluate(PUBLISHED_NASFPN)["ap"]]
+    assert seeds[0] != seeds[1] and min(seeds) > 0  # two real trainings, not one counted twice
+    assert trial.value == trial.user_attrs["ap"] == pytest.approx((seeds[0] + seeds[1]) / 2)
+    # 2 reports per seed; seed 1's follow seed 0's, and the last one is the mean.
+    steps = sorted(trial.intermediate_values)
+    assert len(steps) == 4 and steps[1] == 2 * steps[0] and steps[3] == 2 * steps[1]
+    assert trial.intermediate_values[steps[1]] == seeds[0] and trial.intermediate_values[steps[3]] == trial.value
+
+
 def test_backbone_cache_is_shared(task: ProxyTask) -> None:
     path = task.cache_path()
     stamp = path.stat().st_mtime_ns
@@ -98,6 +115,13 @@ def test_config_identity_and_checks() -> None:
     assert TINY.fingerprint() == ProxyConfig.from_dict(TINY.to_dict()).fingerprint()
     assert TINY.fingerprint() != TINY.replace(epochs=5.0).fingerprint()
     assert TINY.backbone_key() != TINY.replace(backbone_epochs=2.0).backbone_key()
+    # seeds came later: at its default it is left out of the fingerprint, so stored studies keep theirs
+    assert PRESETS["default"].fingerprint() == "62d648a2f143d868"
+    assert TINY.replace(seeds=2).fingerprint() != TINY.fingerprint()
+    assert TINY.replace(seeds=2).backbone_key() == TINY.backbone_key()
+    for bad in (0, 1.5, True):
+        with pytest.raises(UsageError, match="seeds must be an integer >= 1"):
+            TINY.replace(seeds=bad)
     assert set(PRESETS) == {"quick", "default", "paper"}
     paper = PRESETS["paper"]
     assert (paper.backbone, paper.image_size, paper.epochs, paper.repeats) == ("resnet10", 512, 10.0, 3)
