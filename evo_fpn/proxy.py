@@ -774,6 +774,7 @@ class ProxyTask:
             progress=self.progress,
             eval_points=eval_points,
             on_eval=on_eval,
+            desc="train" if cfg.seeds == 1 else f"train seed {seed}",
         )
         self.last_model = model
         return {**facts, "final": final, "history": history, "eval_seconds": eval_seconds[0]}
