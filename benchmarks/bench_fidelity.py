@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-proxy", action="store_true", help="also run missing proxy trials (else bench_proxy's)")
     p.add_argument("--proxy-seeds", type=int, default=1, help="proxy AP = mean over seeds 0..K-1")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
-    p.add_argument("--shard", default="0/1", help="I/N: run every N-th missing reference from the I-th")
+    p.add_argument("--shard", default="0/1", help="I/N: every N-th missing run (proxy, then reference) from the I-th")
     args = p.parse_args(argv)
     shard, shards = parse_shard(p, args.shard)
     if args.proxy_seeds < 1:
