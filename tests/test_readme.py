@@ -28,3 +28,5 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     _, test = setup_commands()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in ci
+    # set -e ignores a failure before the last command of an && list: the next line must stop CI
+    assert ci[ci.index(test) + 1].startswith("[ $? -eq 0 ] || {")
