@@ -700,7 +700,8 @@ class ProxyTask:
         if trial is not None:
             trial.set_user_attr("spec", spec_json)
             trial.set_user_attr("spec_hash", spec_hash)
-        costs = self.costs(self.build(spec))
+        first = self.build(spec)
+        costs = self.costs(first)
         if trial is not None:
             for k, v in costs.items():
                 trial.set_user_attr(k, int(v))
@@ -709,7 +710,8 @@ class ProxyTask:
         runs = []
         try:
             for k in range(cfg.seeds):
-                runs.append(self._train_one(spec, cfg.seed + k, total, k * total, last=k == cfg.seeds - 1, trial=trial))
+                model = first if k == 0 else self.build(spec, cfg.seed + k)
+                runs.append(self._train_one(model, k, total, trial))
         except TrialFailed as exc:
             if trial is not None:
                 trial.set_user_attr("fail_reason", exc.reason)
@@ -735,14 +737,13 @@ class ProxyTask:
         metrics.update(first_loss=runs[0]["first_loss"], last_loss=runs[-1]["last_loss"], history=history)
         return metrics
 
-    def _train_one(
-        self, spec: ArchSpec | str, seed: int, total: int, offset: int, *, last: bool, trial: optuna.Trial | None
-    ) -> dict[str, Any]:
-        """One seed's training and evaluations; its reports go to ``trial`` at ``offset + step``
-        (all but the trial's very last, which :meth:`evaluate` reports as the mean)."""
+    def _train_one(self, model: Detector, k: int, total: int, trial: optuna.Trial | None) -> dict[str, Any]:
+        """Train ``model`` (built with seed ``seed + k``) for ``total`` steps and evaluate it; its
+        reports go to ``trial`` at ``k * total + step`` (all but the trial's very last, which
+        :meth:`evaluate` reports as the mean)."""
         assert self._train is not None and self._val is not None
         cfg = self.config
-        model = self.build(spec, seed)
+        seed, offset, last = cfg.seed + k, k * total, k == cfg.seeds - 1
         eval_points = sorted({max(1, round(total * (k + 1) / cfg.reports)) for k in range(cfg.reports)})
         history: list[tuple[int, float]] = []
         eval_seconds = [0.0]
