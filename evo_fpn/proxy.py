@@ -23,14 +23,16 @@ import fcntl
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -351,11 +353,13 @@ def train_detector(
     progress: bool = True,
     eval_points: Sequence[int] = (),
     on_eval: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     desc: str = "train",
 ) -> dict[str, Any]:
     """SGD/AdamW with warm-up + cosine decay and gradient clipping; seeded batches.
 
-    ``on_eval(step, epoch_like)`` runs after the listed steps (for intermediate AP). Raises
+    ``on_eval(step, total)`` runs after the listed steps (for intermediate AP), ``on_step(step)``
+    after every step (progress shown by another process). Raises
     :class:`TrialFailed` when the loss becomes non-finite. Returns timing and loss facts.
     """
     steps_per_epoch = max(1, len(train) // config.batch_size)
@@ -397,6 +401,8 @@ def train_detector(
             seen += len(idx)
             losses.append(loss.item())
             bar.update(1)
+            if on_step is not None:
+                on_step(step)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
             if step in eval_set and on_eval is not None:
@@ -688,10 +694,11 @@ class ProxyTask:
         """Train ``spec`` under this proxy and return its metrics (``metrics["ap"]`` is the objective).
 
         With ``seeds`` > 1 it trains once per seed and every AP metric is the mean over seeds
-        (``ap_seeds`` lists the APs). Reports intermediate AP to ``trial`` (seed k's step s at
-        step k * steps + s, so pruning can stop a bad architecture after its first seed; the
-        last report is the mean), writes the user attrs of the contract, raises
-        :class:`TrialFailed` on a non-finite loss.
+        (``ap_seeds`` lists the APs). On a CPU the seeds train side by side in their own
+        processes (:meth:`seed_processes`), so two seeds on 2 cores take about the wall time of
+        one. Reports intermediate AP to ``trial`` (seed k's step s at step k * steps + s, so a
+        pruner compares like with like; the last report is the mean), writes the user attrs of
+        the contract, raises :class:`TrialFailed` on a non-finite loss.
         """
         self.prepare()
         assert self._train is not None
@@ -707,11 +714,15 @@ class ProxyTask:
                 trial.set_user_attr(k, int(v))
         steps_per_epoch = max(1, len(self._train) // cfg.batch_size)
         total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-        runs = []
+        procs = self.seed_processes()
         try:
-            for k in range(cfg.seeds):
-                model = first if k == 0 else self.build(spec, cfg.seed + k)
-                runs.append(self._train_one(model, k, total, trial))
+            if procs == 1:
+                runs = []
+                for k in range(cfg.seeds):
+                    model = first if k == 0 else self.build(spec, cfg.seed + k)
+                    runs.append(self._train_one(model, k, total, trial))
+            else:
+                runs = self._train_side_by_side(spec, procs, total, trial)
         except TrialFailed as exc:
             if trial is not None:
                 trial.set_user_attr("fail_reason", exc.reason)
@@ -723,21 +734,94 @@ class ProxyTask:
             train_seconds=float(sum(run["train_seconds"] for run in runs)),
             eval_seconds=float(sum(run["eval_seconds"] for run in runs)),
             images_per_s=float(np.mean([run["images_per_s"] for run in runs])),
+            threads=int(runs[0]["threads"]),
         )
         metrics.update(spec=spec_json, spec_hash=spec_hash)
         if cfg.seeds > 1:
             metrics["ap_seeds"] = [float(f["ap"]) for f in finals]
         if trial is not None:
-            for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s"):
+            for k in (*METRIC_NAMES, "train_seconds", "eval_seconds", "images_per_s", "threads"):
                 trial.set_user_attr(k, metrics[k])
             if cfg.seeds > 1:
                 trial.set_user_attr("ap_seeds", metrics["ap_seeds"])
             trial.report(metrics["ap"], cfg.seeds * total)
-        history = [point for run in runs for point in run["history"]]
+        history = sorted(point for run in runs for point in run["history"])
         metrics.update(first_loss=runs[0]["first_loss"], last_loss=runs[-1]["last_loss"], history=history)
         return metrics
 
-    def _train_one(self, model: Detector, k: int, total: int, trial: optuna.Trial | None) -> dict[str, Any]:
+    def seed_processes(self) -> int:
+        """How many processes train a trial's seeds at once: on a CPU one per seed, at most one
+        per torch thread (each gets an equal share of the threads); 1 (in this process) on a GPU
+        or with one seed. A seed's AP depends on its thread count, not on how many run at once:
+        two seeds side by side with 1 thread each score exactly as two 1-thread runs in turn."""
+        if self.device.type != "cpu" or self.config.seeds == 1:
+            return 1
+        return max(1, min(self.config.seeds, torch.get_num_threads()))
+
+    def _train_side_by_side(
+        self, spec: ArchSpec | str, procs: int, total: int, trial: optuna.Trial | None
+    ) -> list[dict[str, Any]]:
+        """Train the seeds in ``procs`` spawned processes; relay their progress and reports to
+        this process's bar and ``trial`` (which alone decides pruning, and then stops them all)."""
+        cfg = self.config
+        threads = max(1, torch.get_num_threads() // procs)
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+        events = ctx.Queue()
+        workers = [
+            ctx.Process(
+                target=_seed_worker,
+                args=(cfg, self.cache_dir, spec, list(range(i, cfg.seeds, procs)), total, threads, events),
+                daemon=True,
+            )
+            for i in range(procs)
+        ]
+        bar = tqdm(total=cfg.seeds * total, desc=f"train {cfg.seeds} seeds", disable=not self.progress, leave=False)
+        runs: dict[int, dict[str, Any]] = {}
+        try:
+            for w in workers:
+                w.start()
+            while len(runs) < cfg.seeds:
+                try:
+                    kind, k, payload = events.get(timeout=1.0)
+                except queue.Empty:
+                    died = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                    if died:
+                        raise RuntimeError(f"a seed process died with exit code {died[0]} (out of memory?)") from None
+                    continue
+                if kind == "steps":
+                    bar.update(payload)
+                elif kind == "report":
+                    step, ap = payload
+                    if trial is not None:
+                        trial.report(ap, step)
+                        if trial.should_prune():
+                            trial.set_user_attr("ap", ap)
+                            raise optuna.TrialPruned(f"pruned at step {step} with AP {ap:.4f}")
+                elif kind == "done":
+                    runs[k] = payload
+                elif kind == "failed":
+                    raise TrialFailed(payload)
+                else:
+                    raise RuntimeError(f"seed {cfg.seed + k} crashed: {payload}")
+        finally:
+            bar.close()
+            for w in workers:
+                if w.is_alive():
+                    w.terminate()
+                w.join()
+            events.cancel_join_thread()
+            events.close()
+        self.last_model = None  # the models lived in the seed processes
+        return [runs[k] for k in range(cfg.seeds)]
+
+    def _train_one(
+        self,
+        model: Detector,
+        k: int,
+        total: int,
+        trial: _Reports | None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         """Train ``model`` (built with seed ``seed + k``) for ``total`` steps and evaluate it; its
         reports go to ``trial`` at ``k * total + step`` (all but the trial's very last, which
         :meth:`evaluate` reports as the mean)."""
@@ -775,10 +859,64 @@ class ProxyTask:
             progress=self.progress,
             eval_points=eval_points,
             on_eval=on_eval,
+            on_step=on_step,
             desc="train" if cfg.seeds == 1 else f"train seed {seed}",
         )
         self.last_model = model
-        return {**facts, "final": final, "history": history, "eval_seconds": eval_seconds[0]}
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 0
+        return {**facts, "final": final, "history": history, "eval_seconds": eval_seconds[0], "threads": threads}
+
+
+class _Reports(Protocol):
+    """What :meth:`ProxyTask._train_one` needs of a trial (an ``optuna.Trial`` or a seed process's relay)."""
+
+    def report(self, value: float, step: int) -> None: ...
+    def should_prune(self) -> bool: ...
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+class _Relay:
+    """A seed process's stand-in for the trial: reports go to the parent, which decides pruning."""
+
+    def __init__(self, events: Any, k: int) -> None:
+        self.events, self.k = events, k
+
+    def report(self, value: float, step: int) -> None:
+        self.events.put(("report", self.k, (step, float(value))))
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        pass
+
+
+def _seed_worker(
+    config: ProxyConfig,
+    cache_dir: Path,
+    spec: ArchSpec | str,
+    ks: list[int],
+    total: int,
+    threads: int,
+    events: Any,
+) -> None:
+    """Body of a seed process: load the (already built) cache, train seeds ``ks`` one after another."""
+    torch.set_num_threads(threads)
+    k = ks[0]
+    try:
+        task = ProxyTask(config, device="cpu", progress=False, cache_dir=cache_dir).prepare()
+        for k in ks:
+            model = task.build(spec, config.seed + k)
+
+            def on_step(step: int, k: int = k) -> None:
+                if step % 10 == 0 or step == total:
+                    events.put(("steps", k, 10 if step % 10 == 0 else step % 10))
+
+            events.put(("done", k, task._train_one(model, k, total, _Relay(events, k), on_step)))
+    except TrialFailed as exc:
+        events.put(("failed", k, exc.reason))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        events.put(("error", k, f"{type(exc).__name__}: {exc}"))
 
 
 def _is_param(key: str) -> bool:

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     arch = load_arch(args.arch)
     base = PRESETS[args.preset]
-    changes: dict[str, Any] = {"backbone_mode": args.mode, "seed": args.seed}
+    changes: dict[str, Any] = {"backbone_mode": args.mode, "seed": args.seed, "seeds": 1}  # one model to save
     changes["epochs"] = args.epochs if args.epochs is not None else 3 * base.epochs
     if args.data is not None:
         changes["data"] = args.data
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ProxyConfig.from_dict(changes, base=base)
     if config.epochs <= 0:
         raise UsageError("--epochs must be > 0")
+    if config.seeds != 1:
+        raise UsageError("train trains and saves one model: drop proxy.seeds and pick the seed with --seed")
     if args.preset == "paper" and config.data is None:
         raise UsageError("the paper preset trains on COCO: pass --data pointing at a COCO folder")
     name = arch if isinstance(arch, str) else (arch.name or arch.canonical_hash())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import shutil
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from evo_fpn.cli import UsageError
 from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, TrialFailed
@@ -111,12 +114,55 @@ def test_backbone_cache_is_shared(task: ProxyTask) -> None:
     assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
 
 
+@pytest.fixture
+def two_threads():  # type: ignore[no-untyped-def]
+    """Two torch threads for one test (the module's task runs with 1), so seeds go side by side."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_seeds_side_by_side_score_exactly_as_one_after_the_other(task: ProxyTask, two_threads: None) -> None:
+    config = TINY.replace(epochs=16.0, seeds=2)
+    side = ProxyTask(config, device="cpu", progress=False, cache_dir=task.cache_dir)
+    assert side.seed_processes() == 2  # 2 threads, 2 seeds: two processes with 1 thread each
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: side.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    torch.set_num_threads(1)
+    turn = ProxyTask(config, device="cpu", progress=False, cache_dir=task.cache_dir)
+    assert turn.seed_processes() == 1
+    study.optimize(lambda t: turn.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    a, b = study.trials
+    assert a.state == b.state == optuna.trial.TrialState.COMPLETE
+    assert a.user_attrs["ap_seeds"] == b.user_attrs["ap_seeds"] and min(a.user_attrs["ap_seeds"]) > 0
+    assert a.intermediate_values == b.intermediate_values and len(a.intermediate_values) == 4
+    assert a.user_attrs["threads"] == b.user_attrs["threads"] == 1
+    assert multiprocessing.active_children() == []
+
+
+def test_seeds_side_by_side_prune_and_fail_cleanly(task: ProxyTask, two_threads: None) -> None:
+    pruned = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
+    side = ProxyTask(TINY.replace(seeds=2), device="cpu", progress=False, cache_dir=task.cache_dir)
+    assert side.seed_processes() == 2
+    pruned.optimize(lambda t: side.evaluate(FPN_LIKE, t)["ap"], n_trials=1)
+    assert pruned.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert len(pruned.trials[0].intermediate_values) == 1  # the first report stopped both seeds
+    failed = optuna.create_study(direction="maximize")
+    bad = ProxyTask(TINY.replace(seeds=2, lr=1e30), device="cpu", progress=False, cache_dir=task.cache_dir)
+    shutil.copy(task.cache_path(), bad.cache_path())  # the good backbone; only the trial's lr is bad
+    failed.optimize(lambda t: bad.evaluate(FPN_LIKE, t)["ap"], n_trials=1, catch=(TrialFailed,))
+    assert failed.trials[0].state == optuna.trial.TrialState.FAIL
+    assert "non-finite loss" in failed.trials[0].user_attrs["fail_reason"]
+    assert multiprocessing.active_children() == []
+
+
 def test_config_identity_and_checks() -> None:
     assert TINY.fingerprint() == ProxyConfig.from_dict(TINY.to_dict()).fingerprint()
     assert TINY.fingerprint() != TINY.replace(epochs=5.0).fingerprint()
     assert TINY.backbone_key() != TINY.replace(backbone_epochs=2.0).backbone_key()
     # seeds came later: at its default it is left out of the fingerprint, so stored studies keep theirs
-    assert PRESETS["default"].fingerprint() == "62d648a2f143d868"
+    assert PRESETS["default"].replace(seeds=1).fingerprint() == "62d648a2f143d868"  # its stored seed runs
     assert TINY.replace(seeds=2).fingerprint() != TINY.fingerprint()
     assert TINY.replace(seeds=2).backbone_key() == TINY.backbone_key()
     for bad in (0, 1.5, True):

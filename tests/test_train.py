@@ -48,3 +48,5 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert "unknown proxy setting" in capsys.readouterr().err
     assert main(["--arch", "fpn", "--data", str(tmp_path / "missing"), *TINY]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--arch", "fpn", "--set", "seeds=2", *TINY]) == 2
+    assert "trains and saves one model" in capsys.readouterr().err
