@@ -23,16 +23,18 @@ import fcntl
 import hashlib
 import json
 import math
-import multiprocessing
+import multiprocessing.connection
 import os
-import queue
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import optuna
@@ -720,7 +722,7 @@ class ProxyTask:
                 runs = []
                 for k in range(cfg.seeds):
                     model = first if k == 0 else self.build(spec, cfg.seed + k)
-                    runs.append(self._train_one(model, k, total, trial))
+                    runs.append(self.train_seed(model, k, total, trial))
             else:
                 runs = self._train_side_by_side(spec, procs, total, trial)
         except TrialFailed as exc:
@@ -761,60 +763,58 @@ class ProxyTask:
     def _train_side_by_side(
         self, spec: ArchSpec | str, procs: int, total: int, trial: optuna.Trial | None
     ) -> list[dict[str, Any]]:
-        """Train the seeds in ``procs`` spawned processes; relay their progress and reports to
-        this process's bar and ``trial`` (which alone decides pruning, and then stops them all)."""
+        """Train the seeds in ``procs`` seed processes (:mod:`evo_fpn.seed_process`); relay their
+        progress and reports to this process's bar and ``trial`` (which alone decides pruning,
+        and then stops them all). Each talks through its own pipe, which also tells when it died."""
         cfg = self.config
         threads = max(1, torch.get_num_threads() // procs)
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        events = ctx.Queue()
-        workers = [
-            ctx.Process(
-                target=_seed_worker,
-                args=(cfg, self.cache_dir, spec, list(range(i, cfg.seeds, procs)), total, threads, events),
-                daemon=True,
-            )
-            for i in range(procs)
-        ]
+        seeds_of: dict[Connection, list[int]] = {}
+        children: dict[Connection, subprocess.Popen[bytes]] = {}
         bar = tqdm(total=cfg.seeds * total, desc=f"train {cfg.seeds} seeds", disable=not self.progress, leave=False)
         runs: dict[int, dict[str, Any]] = {}
         try:
-            for w in workers:
-                w.start()
+            for i in range(procs):
+                ks = list(range(i, cfg.seeds, procs))
+                child, conn = _start_seed_process((cfg, self.cache_dir, spec, ks, total, threads))
+                seeds_of[conn], children[conn] = ks, child
+            live = list(children)
             while len(runs) < cfg.seeds:
-                try:
-                    kind, k, payload = events.get(timeout=1.0)
-                except queue.Empty:
-                    died = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
-                    if died:
-                        raise RuntimeError(f"a seed process died with exit code {died[0]} (out of memory?)") from None
-                    continue
-                if kind == "steps":
-                    bar.update(payload)
-                elif kind == "report":
-                    step, ap = payload
-                    if trial is not None:
-                        trial.report(ap, step)
-                        if trial.should_prune():
-                            trial.set_user_attr("ap", ap)
-                            raise optuna.TrialPruned(f"pruned at step {step} with AP {ap:.4f}")
-                elif kind == "done":
-                    runs[k] = payload
-                elif kind == "failed":
-                    raise TrialFailed(payload)
-                else:
-                    raise RuntimeError(f"seed {cfg.seed + k} crashed: {payload}")
+                for conn in cast(list[Connection], multiprocessing.connection.wait(live)):
+                    try:
+                        kind, k, payload = conn.recv()
+                    except EOFError:
+                        live.remove(conn)
+                        if not all(k in runs for k in seeds_of[conn]):
+                            code = children[conn].wait()
+                            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                            raise RuntimeError(f"a seed process {how} (out of memory?)") from None
+                        continue
+                    if kind == "steps":
+                        bar.update(payload)
+                    elif kind == "report":
+                        step, ap = payload
+                        if trial is not None:
+                            trial.report(ap, step)
+                            if trial.should_prune():
+                                trial.set_user_attr("ap", ap)
+                                raise optuna.TrialPruned(f"pruned at step {step} with AP {ap:.4f}")
+                    elif kind == "done":
+                        runs[k] = payload
+                    elif kind == "failed":
+                        raise TrialFailed(payload)
+                    else:
+                        raise RuntimeError(f"seed {cfg.seed + k} crashed: {payload}")
         finally:
             bar.close()
-            for w in workers:
-                if w.is_alive():
-                    w.terminate()
-                w.join()
-            events.cancel_join_thread()
-            events.close()
+            for conn, child in children.items():
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+                conn.close()
         self.last_model = None  # the models lived in the seed processes
         return [runs[k] for k in range(cfg.seeds)]
 
-    def _train_one(
+    def train_seed(
         self,
         model: Detector,
         k: int,
@@ -868,55 +868,31 @@ class ProxyTask:
 
 
 class _Reports(Protocol):
-    """What :meth:`ProxyTask._train_one` needs of a trial (an ``optuna.Trial`` or a seed process's relay)."""
+    """What :meth:`ProxyTask.train_seed` needs of a trial (an ``optuna.Trial`` or a seed process's relay)."""
 
     def report(self, value: float, step: int) -> None: ...
     def should_prune(self) -> bool: ...
     def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
-class _Relay:
-    """A seed process's stand-in for the trial: reports go to the parent, which decides pruning."""
-
-    def __init__(self, events: Any, k: int) -> None:
-        self.events, self.k = events, k
-
-    def report(self, value: float, step: int) -> None:
-        self.events.put(("report", self.k, (step, float(value))))
-
-    def should_prune(self) -> bool:
-        return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        pass
-
-
-def _seed_worker(
-    config: ProxyConfig,
-    cache_dir: Path,
-    spec: ArchSpec | str,
-    ks: list[int],
-    total: int,
-    threads: int,
-    events: Any,
-) -> None:
-    """Body of a seed process: load the (already built) cache, train seeds ``ks`` one after another."""
-    torch.set_num_threads(threads)
-    k = ks[0]
-    try:
-        task = ProxyTask(config, device="cpu", progress=False, cache_dir=cache_dir).prepare()
-        for k in ks:
-            model = task.build(spec, config.seed + k)
-
-            def on_step(step: int, k: int = k) -> None:
-                if step % 10 == 0 or step == total:
-                    events.put(("steps", k, 10 if step % 10 == 0 else step % 10))
-
-            events.put(("done", k, task._train_one(model, k, total, _Relay(events, k), on_step)))
-    except TrialFailed as exc:
-        events.put(("failed", k, exc.reason))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        events.put(("error", k, f"{type(exc).__name__}: {exc}"))
+def _start_seed_process(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes], Connection]:
+    """Start ``python -m evo_fpn.seed_process``, hand it ``args``; return it and its message pipe."""
+    here = str(Path(__file__).resolve().parents[1])  # importable even when not installed
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "evo_fpn.seed_process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    inbox = Connection(os.dup(child.stdin.fileno()), readable=False)
+    child.stdin.close()
+    inbox.send(args)
+    inbox.close()
+    messages = Connection(os.dup(child.stdout.fileno()), writable=False)
+    child.stdout.close()
+    return child, messages
 
 
 def _is_param(key: str) -> bool:

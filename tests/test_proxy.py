@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -114,6 +116,19 @@ def test_backbone_cache_is_shared(task: ProxyTask) -> None:
     assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
 
 
+def _seed_processes() -> list[int]:
+    """This process's children running ``evo_fpn.seed_process`` (Linux /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            ppid = int((d / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            if ppid == os.getpid() and b"evo_fpn.seed_process" in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 @pytest.fixture
 def two_threads():  # type: ignore[no-untyped-def]
     """Two torch threads for one test (the module's task runs with 1), so seeds go side by side."""
@@ -138,7 +153,7 @@ def test_seeds_side_by_side_score_exactly_as_one_after_the_other(task: ProxyTask
     assert a.user_attrs["ap_seeds"] == b.user_attrs["ap_seeds"] and min(a.user_attrs["ap_seeds"]) > 0
     assert a.intermediate_values == b.intermediate_values and len(a.intermediate_values) == 4
     assert a.user_attrs["threads"] == b.user_attrs["threads"] == 1
-    assert multiprocessing.active_children() == []
+    assert _seed_processes() == []
 
 
 def test_seeds_side_by_side_prune_and_fail_cleanly(task: ProxyTask, two_threads: None) -> None:
@@ -154,7 +169,25 @@ def test_seeds_side_by_side_prune_and_fail_cleanly(task: ProxyTask, two_threads:
     failed.optimize(lambda t: bad.evaluate(FPN_LIKE, t)["ap"], n_trials=1, catch=(TrialFailed,))
     assert failed.trials[0].state == optuna.trial.TrialState.FAIL
     assert "non-finite loss" in failed.trials[0].user_attrs["fail_reason"]
-    assert multiprocessing.active_children() == []
+    assert _seed_processes() == []
+
+
+def test_seeds_side_by_side_work_from_a_script_without_a_main_guard(task: ProxyTask, tmp_path: Path) -> None:
+    # multiprocessing's spawn would re-run this script in every child; seed processes must not.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import torch\n"
+        "from evo_fpn.proxy import ProxyConfig, ProxyTask\n"
+        "from evo_fpn.spec import FPN_LIKE\n"
+        "torch.set_num_threads(2)\n"
+        f"config = ProxyConfig.from_dict({TINY.replace(seeds=2).to_dict()!r})\n"
+        f"task = ProxyTask(config, device='cpu', progress=False, cache_dir={str(task.cache_dir)!r})\n"
+        "assert task.seed_processes() == 2\n"
+        "print('ap_seeds', task.evaluate(FPN_LIKE)['ap_seeds'])\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("ap_seeds") == 1
 
 
 def test_config_identity_and_checks() -> None:
