@@ -4,12 +4,12 @@
     python -m benchmarks.bench_fidelity --shard 1/2 &               # a second process shares the runs
     python -m benchmarks.bench_fidelity --report                    # only print what has finished
     python -m benchmarks.bench_fidelity --reference sgd --report    # against another reference
-    python -m benchmarks.bench_fidelity --proxy-seeds 2 --with-proxy   # proxy AP = mean of 2 seeds
+    python -m benchmarks.bench_fidelity --proxy-seeds 1 --report    # proxy AP = seed 0 alone
 
 The architectures are those of ``bench_proxy``'s noise part (published NAS-FPN, FPN-like,
-torchvision FPN, 5 seeded random ones). Proxy AP: the preset's score (seed 0, or the mean over
-seeds 0..K-1 with ``--proxy-seeds K``), read from ``benchmarks/results/proxy_trials.jsonl`` or
-computed (``--with-proxy``). Reference: the same detector trained
+torchvision FPN, 5 seeded random ones). Proxy AP: the preset's score, the mean over its seeds
+0..seeds-1 (``--proxy-seeds K``: over seeds 0..K-1), read per seed from
+``benchmarks/results/proxy_trials.jsonl`` or computed (``--with-proxy``). Reference: the same detector trained
 end to end (backbone included, from scratch) on 6000 images (4x the default proxy's) with
 the proxy's AdamW recipe for 8 epochs (``--reference adamw-8ep``, the default), 4
 (``adamw-4ep``) or 2 (``adamw``), or with SGD for 2 (``sgd``), evaluated on the same val images
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau
 
-from benchmarks.bench_proxy import RESULTS, architectures, load_done, parse_shard, run_trials, spec_json
+from benchmarks.bench_proxy import RESULTS, architectures, load_done, parse_shard, run_trials, seed_config, spec_json
 from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
 
 
@@ -94,15 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="print finished results only, train nothing")
     p.add_argument("--max-archs", type=int, default=0, help="stop after this many reference runs (0: all)")
     p.add_argument("--with-proxy", action="store_true", help="also run missing proxy trials (else bench_proxy's)")
-    p.add_argument("--proxy-seeds", type=int, default=1, help="proxy AP = mean over seeds 0..K-1")
+    p.add_argument("--proxy-seeds", type=int, help="proxy AP = mean over seeds 0..K-1 (default: the preset's seeds)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
     p.add_argument("--shard", default="0/1", help="I/N: every N-th missing run (proxy, then reference) from the I-th")
     args = p.parse_args(argv)
     shard, shards = parse_shard(p, args.shard)
+    proxy_cfg = PRESETS[args.preset]
+    args.proxy_seeds = proxy_cfg.seeds if args.proxy_seeds is None else args.proxy_seeds
     if args.proxy_seeds < 1:
         p.error(f"--proxy-seeds must be >= 1, got {args.proxy_seeds}")
     torch.set_num_threads(args.threads)
-    proxy_cfg = PRESETS[args.preset]
     ref_cfg = reference_config(proxy_cfg, args.reference, scale=args.scale, epochs=args.epochs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     archs = architectures(args.random)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.report:
         if args.with_proxy:
-            proxy_done = load_done(proxy_path, proxy_cfg.fingerprint())
+            proxy_done = load_done(proxy_path, seed_config(proxy_cfg).fingerprint())
             jobs = [(n, a, s) for s in range(args.proxy_seeds) for n, a in archs.items() if (n, s) not in proxy_done]
             run_trials(proxy_cfg, jobs[shard::shards], device=args.device, path=proxy_path)
         done = load_done(ref_path, ref_cfg.fingerprint())
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             ran += 1
             print(f"reference {name:<22} AP {rec['ap']:.4f}  {rec['wall_seconds']:.0f} s", flush=True)
 
-    proxy_done = load_done(proxy_path, proxy_cfg.fingerprint())
+    proxy_done = load_done(proxy_path, seed_config(proxy_cfg).fingerprint())
     ref_done = load_done(ref_path, ref_cfg.fingerprint())
     seeds = range(args.proxy_seeds)
     rows = [

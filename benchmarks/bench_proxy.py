@@ -2,18 +2,21 @@
 
     python -m benchmarks.bench_proxy                     # all parts, default preset
     python -m benchmarks.bench_proxy --part speed        # only images/s, side by side
-    python -m benchmarks.bench_proxy --part noise        # AP of 8 architectures + 2 extra seeds
+    python -m benchmarks.bench_proxy --part noise        # AP of 8 architectures + 2 more trials of one
     python -m benchmarks.bench_proxy --part noise --shard 1/2 &   # two processes share the trials
 
 * speed: the same architecture trained for the same number of steps on the same batches,
   once on cached C3..C5 features (the proxy) and once end to end (backbone included),
   interleaved in rounds so machine load hits both alike; images/s and their ratio.
 * ap / noise: published NAS-FPN, FPN-like, torchvision FPN and ``--random`` random
-  architectures (seeded) under the preset, plus ``--seeds`` seeds of one architecture.
-  Signal-to-noise = std of the seed-0 AP across architectures (population std) / std of the
-  noise architecture's AP over its seeds (sample std, n - 1).
-  Trials are appended to ``benchmarks/results/proxy_trials.jsonl`` as they finish; a rerun
-  skips the ones already there (same preset fingerprint), so the run can be resumed.
+  architectures (seeded) under the preset, plus ``--trials`` independent trials of one
+  architecture. A trial of a preset with ``seeds = S`` is the mean AP of S seeds (trial t:
+  seeds tS..tS+S-1), exactly as :class:`~evo_fpn.proxy.ProxyTask` scores it. Signal-to-noise
+  = std of the trial-0 AP across architectures (population std) / std of the noise
+  architecture's trial APs (sample std, n - 1).
+  Each *seed* is appended to ``benchmarks/results/proxy_trials.jsonl`` as it finishes (keyed
+  by the fingerprint of the preset with one seed); a rerun skips the ones already there, so
+  the run can be resumed.
 """
 
 from __future__ import annotations
@@ -115,10 +118,18 @@ def parse_shard(parser: argparse.ArgumentParser, text: str) -> tuple[int, int]:
     parser.error(f"--shard must be I/N with 0 <= I < N, got {text!r}")
 
 
+def seed_config(preset: ProxyConfig) -> ProxyConfig:
+    """One seed of ``preset``: what the results file stores. A trial of the preset scores the
+    mean of seeds 0..seeds-1 of it (``tests/test_proxy.py`` checks that seeds trained side by
+    side score exactly as one after the other)."""
+    return preset.replace(seeds=1)
+
+
 def run_trials(
     config: ProxyConfig, jobs: list[tuple[str, ArchSpec | str, int]], *, device: str, path: Path
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Run (name, arch, seed) proxy trials not yet in ``path``; append each as it finishes."""
+    """Run the (name, arch, seed) seeds of ``config`` not yet in ``path``; append each as it finishes."""
+    config = seed_config(config)
     done = load_done(path, config.fingerprint())
     for name, arch, seed in jobs:
         if (name, seed) in done:
@@ -146,16 +157,28 @@ def run_trials(
     return done
 
 
-def summarize_noise(done: dict[tuple[str, int], dict[str, Any]], names: list[str], noise_arch: str, seeds: int):
-    ap = {n: done[(n, 0)]["ap"] for n in names if (n, 0) in done}
-    seed_aps = [done[(noise_arch, s)]["ap"] for s in range(seeds) if (noise_arch, s) in done]
+def trial_ap(done: dict[tuple[str, int], dict[str, Any]], name: str, trial: int, seeds: int) -> float | None:
+    """The AP of trial ``trial`` of ``name``: the mean over its ``seeds`` seeds (None until all ran)."""
+    runs = [done.get((name, s)) for s in range(trial * seeds, (trial + 1) * seeds)]
+    return statistics.fmean(r["ap"] for r in runs if r) if all(runs) else None
+
+
+def summarize_noise(
+    done: dict[tuple[str, int], dict[str, Any]], names: list[str], noise_arch: str, trials: int, seeds: int = 1
+) -> dict[str, Any]:
+    ap = {n: a for n in names if (a := trial_ap(done, n, 0, seeds)) is not None}
+    trial_aps = [a for t in range(trials) if (a := trial_ap(done, noise_arch, t, seeds)) is not None]
+    seed_aps = [done[(noise_arch, s)]["ap"] for s in range(trials * seeds) if (noise_arch, s) in done]
     spread = statistics.pstdev(ap.values()) if len(ap) >= 2 else float("nan")
-    noise = statistics.stdev(seed_aps) if len(seed_aps) >= 2 else float("nan")
+    noise = statistics.stdev(trial_aps) if len(trial_aps) >= 2 else float("nan")
     return {
         "ap_by_arch": ap,
         "noise_arch": noise_arch,
+        "seeds_per_trial": seeds,
+        "trial_aps": trial_aps,
+        "trial_std": noise,
         "seed_aps": seed_aps,
-        "seed_std": noise,
+        "seed_std": statistics.stdev(seed_aps) if len(seed_aps) >= 2 else float("nan"),
         "arch_std": spread,
         "snr": spread / noise if noise and noise == noise and noise > 0 else float("nan"),
         "arch_range": (min(ap.values()), max(ap.values())) if ap else None,
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="default", choices=sorted(PRESETS))
     p.add_argument("--part", choices=("all", "speed", "noise"), default="all")
     p.add_argument("--random", type=int, default=5, help="random architectures in the noise part")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the noise architecture")
+    p.add_argument("--trials", type=int, default=3, help="independent trials of the noise architecture")
     p.add_argument("--noise-arch", default="published")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=20, help="training steps per speed round")
@@ -177,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "--shard", default="0/1", help="I/N: run every N-th missing trial from the I-th (N processes share the work)"
     )
     args = p.parse_args(argv)
+    if args.trials < 1:
+        p.error(f"--trials must be >= 1, got {args.trials}")
     torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
     shard, shards = parse_shard(p, args.shard)
@@ -184,26 +209,29 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "preset": args.preset,
         "fingerprint": config.fingerprint(),
+        "seed_fingerprint": seed_config(config).fingerprint(),
         "threads": torch.get_num_threads(),
     }
     if args.part in ("all", "speed"):
         summary["speed"] = bench_speed(config, rounds=args.rounds, steps=args.steps, device=args.device)
     if args.part in ("all", "noise"):
         archs = architectures(args.random)
-        jobs = [(n, a, 0) for n, a in archs.items()]
-        jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(1, args.seeds)]
+        per = config.seeds
+        jobs = [(n, a, s) for s in range(per) for n, a in archs.items()]
+        jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(per, args.trials * per)]
         path = RESULTS / "proxy_trials.jsonl"
-        finished = load_done(path, config.fingerprint())
+        finished = load_done(path, seed_config(config).fingerprint())
         missing = [j for j in jobs if (j[0], j[2]) not in finished]
         run_trials(config, missing[shard::shards], device=args.device, path=path)
-        done = load_done(path, config.fingerprint())
-        noise = summarize_noise(done, list(archs), args.noise_arch, args.seeds)
+        done = load_done(path, seed_config(config).fingerprint())
+        noise = summarize_noise(done, list(archs), args.noise_arch, args.trials, per)
         summary["noise"] = noise
         for name, ap in noise["ap_by_arch"].items():
             print(f"AP {name:<22} {ap:.4f}")
+        unit = "" if per == 1 else f" (each the mean of {per} seeds; one seed's std {noise['seed_std']:.4f})"
         print(
-            f"noise: AP over {len(noise['seed_aps'])} seeds of {args.noise_arch}: "
-            f"{', '.join(f'{a:.4f}' for a in noise['seed_aps'])} (std {noise['seed_std']:.4f}); "
+            f"noise: AP of {len(noise['trial_aps'])} trials of {args.noise_arch}{unit}: "
+            f"{', '.join(f'{a:.4f}' for a in noise['trial_aps'])} (std {noise['trial_std']:.4f}); "
             f"std across {len(noise['ap_by_arch'])} architectures {noise['arch_std']:.4f}; "
             f"signal-to-noise {noise['snr']:.2f}",
             flush=True,

@@ -10,7 +10,7 @@ import pytest
 import benchmarks.bench_fidelity as fid
 from benchmarks.bench_fidelity import REFERENCES, reference_config
 from benchmarks.bench_fidelity import main as fidelity_main
-from benchmarks.bench_proxy import architectures, main
+from benchmarks.bench_proxy import architectures, main, summarize_noise
 from evo_fpn.proxy import PRESETS
 from evo_fpn.spec import ArchSpec
 
@@ -69,7 +69,7 @@ def test_fidelity_report_ranks_the_mean_of_the_proxy_seeds(
 ) -> None:
     monkeypatch.setattr(fid, "RESULTS", tmp_path)
     names = list(architectures(2))
-    proxy_fp, ref_fp = PRESETS["default"].fingerprint(), REFERENCES["adamw"].fingerprint()
+    proxy_fp, ref_fp = PRESETS["default"].replace(seeds=1).fingerprint(), REFERENCES["adamw"].fingerprint()
     # Seed 0 alone ranks the 5 architectures backwards; the mean of seeds 0 and 1 ranks them
     # as the reference does. The last architecture lacks seed 1, so the mean leaves it out.
     proxy = [(n, 0, 0.5 - 0.1 * i) for i, n in enumerate(names)]
@@ -81,12 +81,24 @@ def test_fidelity_report_ranks_the_mean_of_the_proxy_seeds(
         for i, n in enumerate(names):
             f.write(json.dumps({"fingerprint": ref_fp, "arch": n, "seed": 0, "ap": 0.01 * i}) + "\n")
 
-    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw"]) == 0
+    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw", "--proxy-seeds", "1"]) == 0
     one = json.loads((tmp_path / "bench_fidelity_default_adamw.json").read_text())
     assert one["tau"] == pytest.approx(-1.0) and len(one["rows"]) == 5
-    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw", "--proxy-seeds", "2"]) == 0
+    assert PRESETS["default"].seeds == 2  # so the preset's own score is the mean of seeds 0 and 1
+    assert fidelity_main(["--report", "--random", "2", "--reference", "adamw"]) == 0
     two = json.loads((tmp_path / "bench_fidelity_default_adamw_2seeds.json").read_text())
     assert [r[0] for r in two["rows"]] == names[:-1]
     assert two["rows"][1][1] == pytest.approx((0.4 + 0.3) / 2)
     assert two["tau"] == pytest.approx(1.0)
     assert "mean over seeds 0..1" in capsys.readouterr().out
+
+
+def test_noise_scores_trials_as_the_mean_of_their_seeds() -> None:
+    # Two seeds per trial: trial t of "a" is the mean of seeds 2t and 2t+1; "b" has trial 0 only.
+    seed_ap = {("a", 0): 0.10, ("a", 1): 0.20, ("a", 2): 0.12, ("a", 3): 0.14, ("a", 4): 0.30, ("b", 0): 0.5}
+    done = {key: {"ap": ap} for key, ap in seed_ap.items()}
+    noise = summarize_noise(done, ["a", "b"], "a", trials=3, seeds=2)
+    assert noise["trial_aps"] == pytest.approx([0.15, 0.13])  # trial 2 lacks seed 5: left out
+    assert noise["ap_by_arch"] == {"a": pytest.approx(0.15)}  # b lacks seed 1
+    assert noise["trial_std"] == pytest.approx(0.02**0.5 * 0.1)
+    assert noise["seed_aps"] == [0.10, 0.20, 0.12, 0.14, 0.30]

@@ -196,6 +196,8 @@ def test_config_identity_and_checks() -> None:
     assert TINY.backbone_key() != TINY.replace(backbone_epochs=2.0).backbone_key()
     # seeds came later: at its default it is left out of the fingerprint, so stored studies keep theirs
     assert PRESETS["default"].replace(seeds=1).fingerprint() == "62d648a2f143d868"  # its stored seed runs
+    assert PRESETS["default"].fingerprint() == "d7a0fd41fe1d5852"
+    assert PRESETS["default"].seeds == 2 and PRESETS["quick"].seeds == PRESETS["paper"].seeds == 1
     assert TINY.replace(seeds=2).fingerprint() != TINY.fingerprint()
     assert TINY.replace(seeds=2).backbone_key() == TINY.backbone_key()
     for bad in (0, 1.5, True):
