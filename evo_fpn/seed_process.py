@@ -46,7 +46,9 @@ def train_seeds(
     threads: int,
     conn: Connection,
 ) -> None:
-    """Load the (already built) dataset and backbone cache, then train seeds ``ks`` one after another."""
+    """Load the (already built) dataset and backbone cache, then train seeds ``ks`` one after
+    another. Orphaned (its trial's process killed), it stops within 10 steps: sending progress
+    to the closed pipe raises."""
     torch.set_num_threads(threads)
     k = ks[0]
     try:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -116,17 +117,25 @@ def test_backbone_cache_is_shared(task: ProxyTask) -> None:
     assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
 
 
-def _seed_processes() -> list[int]:
-    """This process's children running ``evo_fpn.seed_process`` (Linux /proc)."""
+def _seed_processes(parent: int | None = None) -> list[int]:
+    """Live children of ``parent`` (default: this process) running ``evo_fpn.seed_process``."""
     found = []
     for d in Path("/proc").iterdir():
         try:
-            ppid = int((d / "stat").read_text().rsplit(") ", 1)[1].split()[1])
-            if ppid == os.getpid() and b"evo_fpn.seed_process" in (d / "cmdline").read_bytes():
-                found.append(int(d.name))
+            state, ppid = (d / "stat").read_text().rsplit(") ", 1)[1].split()[:2]
+            if int(ppid) == (parent or os.getpid()) and state != "Z":
+                if b"evo_fpn.seed_process" in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture
@@ -172,22 +181,46 @@ def test_seeds_side_by_side_prune_and_fail_cleanly(task: ProxyTask, two_threads:
     assert _seed_processes() == []
 
 
-def test_seeds_side_by_side_work_from_a_script_without_a_main_guard(task: ProxyTask, tmp_path: Path) -> None:
-    # multiprocessing's spawn would re-run this script in every child; seed processes must not.
-    script = tmp_path / "unguarded.py"
-    script.write_text(
+def _unguarded_script(path: Path, config: ProxyConfig, cache_dir: Path) -> Path:
+    """A script that evaluates FPN-like with 2 threads and no ``if __name__ == "__main__"`` guard."""
+    path.write_text(
         "import torch\n"
         "from evo_fpn.proxy import ProxyConfig, ProxyTask\n"
         "from evo_fpn.spec import FPN_LIKE\n"
         "torch.set_num_threads(2)\n"
-        f"config = ProxyConfig.from_dict({TINY.replace(seeds=2).to_dict()!r})\n"
-        f"task = ProxyTask(config, device='cpu', progress=False, cache_dir={str(task.cache_dir)!r})\n"
+        f"config = ProxyConfig.from_dict({config.to_dict()!r})\n"
+        f"task = ProxyTask(config, device='cpu', progress=False, cache_dir={str(cache_dir)!r})\n"
         "assert task.seed_processes() == 2\n"
         "print('ap_seeds', task.evaluate(FPN_LIKE)['ap_seeds'])\n"
     )
+    return path
+
+
+def test_seeds_side_by_side_work_from_a_script_without_a_main_guard(task: ProxyTask, tmp_path: Path) -> None:
+    # multiprocessing's spawn would re-run this script in every child; seed processes must not.
+    script = _unguarded_script(tmp_path / "unguarded.py", TINY.replace(seeds=2), task.cache_dir)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("ap_seeds") == 1
+
+
+def test_seed_processes_stop_when_their_trial_process_is_killed(task: ProxyTask, tmp_path: Path) -> None:
+    long = TINY.replace(seeds=2, epochs=5000.0)
+    script = _unguarded_script(tmp_path / "long.py", long, task.cache_dir)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children := _seed_processes(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(children) == 2
+        time.sleep(3)  # let them load the cache and start training
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, children))  # orphans stop at their next step, not a trial later
 
 
 def test_config_identity_and_checks() -> None:
