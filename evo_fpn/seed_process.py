@@ -11,6 +11,7 @@ goes to stderr.
 from __future__ import annotations
 
 import os
+import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ def train_seeds(
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the trial and kills us
     inbox = Connection(os.dup(0), writable=False)
     args = inbox.recv()
     inbox.close()
