@@ -7,7 +7,7 @@
     python -m benchmarks.bench_fidelity --proxy-seeds 1 --report    # proxy AP = seed 0 alone
 
 The architectures are those of ``bench_proxy``'s noise part (published NAS-FPN, FPN-like,
-torchvision FPN, 5 seeded random ones). Proxy AP: the preset's score, the mean over its seeds
+torchvision FPN, 5 seeded random ones, or ``--random N``). Proxy AP: the preset's score, the mean over its seeds
 0..seeds-1 (``--proxy-seeds K``: over seeds 0..K-1), read per seed from
 ``benchmarks/results/proxy_trials.jsonl`` or computed (``--with-proxy``). Reference: the same detector trained
 end to end (backbone included, from scratch) on 6000 images (4x the default proxy's) with

@@ -227,9 +227,10 @@ PRESETS: dict[str, ProxyConfig] = {
         epochs=15.0,
         reports=2,
     ),
-    # Two seeds per trial, side by side on 2 CPU cores (one thread each): one seed alone ranks
-    # the 8 benchmark architectures at Kendall tau 0.57 or 0.64 against the 8-epoch end-to-end
-    # reference, depending on the seed; their mean at 0.64. 266-328 s per trial on 2 cores
+    # Two seeds per trial, side by side on 2 CPU cores (one thread each): half the seed noise
+    # (signal-to-noise 9.19 against 5.07). Against the 8-epoch end-to-end reference one seed
+    # ranks the first 8 benchmark architectures at Kendall tau 0.57 or 0.64 depending on the
+    # seed, their mean at 0.64; over all 12, 0.70 each and 0.67. 266-328 s per trial on 2 cores
     # (measured), plus a one-off ~21 minute backbone stage (24 epochs). 16 trial epochs, not
     # 12: a seed's AP std fell from 0.027 to 0.011.
     "default": ProxyConfig(seeds=2),
