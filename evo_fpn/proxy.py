@@ -761,7 +761,7 @@ class ProxyTask:
         two seeds side by side with 1 thread each score exactly as two 1-thread runs in turn."""
         if self.device.type != "cpu" or self.config.seeds == 1:
             return 1
-        return max(1, min(self.config.seeds, torch.get_num_threads()))
+        return min(self.config.seeds, torch.get_num_threads())
 
     def _train_side_by_side(
         self, spec: ArchSpec | str, procs: int, total: int, trial: optuna.Trial | None
@@ -797,10 +797,7 @@ class ProxyTask:
                     elif kind == "report":
                         step, ap = payload
                         if trial is not None:
-                            trial.report(ap, step)
-                            if trial.should_prune():
-                                trial.set_user_attr("ap", ap)
-                                raise optuna.TrialPruned(f"pruned at step {step} with AP {ap:.4f}")
+                            _report(trial, ap, step)
                     elif kind == "done":
                         runs[k] = payload
                     elif kind == "failed":
@@ -847,10 +844,7 @@ class ProxyTask:
             final.clear()
             final.update(metrics)
             if trial is not None and not (last and step == total_steps):
-                trial.report(metrics["ap"], offset + step)
-                if trial.should_prune():
-                    trial.set_user_attr("ap", metrics["ap"])
-                    raise optuna.TrialPruned(f"pruned at step {offset + step} with AP {metrics['ap']:.4f}")
+                _report(trial, metrics["ap"], offset + step)
 
         facts = train_detector(
             model,
@@ -876,6 +870,14 @@ class _Reports(Protocol):
     def report(self, value: float, step: int) -> None: ...
     def should_prune(self) -> bool: ...
     def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+def _report(trial: _Reports, ap: float, step: int) -> None:
+    """Report intermediate AP; stop the trial (``optuna.TrialPruned``) when its pruner says so."""
+    trial.report(ap, step)
+    if trial.should_prune():
+        trial.set_user_attr("ap", ap)
+        raise optuna.TrialPruned(f"pruned at step {step} with AP {ap:.4f}")
 
 
 def _start_seed_process(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes], Connection]:

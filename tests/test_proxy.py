@@ -117,25 +117,32 @@ def test_backbone_cache_is_shared(task: ProxyTask) -> None:
     assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
 
 
+def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from /proc (None once it is gone)."""
+    try:
+        state, ppid = (Path("/proc") / str(pid) / "stat").read_text().rsplit(") ", 1)[1].split()[:2]
+        return state, int(ppid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    info = _state_and_parent(pid)
+    return info is not None and info[0] != "Z"
+
+
 def _seed_processes(parent: int | None = None) -> list[int]:
     """Live children of ``parent`` (default: this process) running ``evo_fpn.seed_process``."""
     found = []
     for d in Path("/proc").iterdir():
-        try:
-            state, ppid = (d / "stat").read_text().rsplit(") ", 1)[1].split()[:2]
-            if int(ppid) == (parent or os.getpid()) and state != "Z":
+        info = _state_and_parent(d.name) if d.name.isdigit() else None
+        if info and info[1] == (parent or os.getpid()) and info[0] != "Z":
+            try:
                 if b"evo_fpn.seed_process" in (d / "cmdline").read_bytes():
                     found.append(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
+            except OSError:
+                continue
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(") ", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
