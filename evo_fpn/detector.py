@@ -26,7 +26,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from evo_fpn.cli import UsageError
-from evo_fpn.neck import build_neck
+from evo_fpn.neck import build_neck, no_norm
 from evo_fpn.spec import ArchSpec
 
 BACKBONES: tuple[str, ...] = (
@@ -143,6 +143,7 @@ class Detector(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        anytime: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -153,6 +154,9 @@ class Detector(nn.Module):
             raise ValueError(f"need one anchor size per level P3..P7 (5), got {len(anchor_sizes)}")
         self.backbone = backbone
         self.image_size = int(image_size)
+        # The paper's "anytime" option: while training, the (shared) head also scores every
+        # repeat's pyramid and the losses are averaged (deep supervision); inference uses the last.
+        self.anytime = bool(anytime) and hasattr(neck, "forward_repeats") and getattr(neck, "repeats", 1) > 1
         sizes = tuple(tuple(float(s) * k for k in anchor_scales) for s in anchor_sizes)
         anchors = AnchorGenerator(sizes, (tuple(float(a) for a in aspect_ratios),) * len(sizes))
         head = RetinaNetHead(
@@ -191,14 +195,15 @@ class Detector(nn.Module):
 
     def forward_features(self, features: Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None):  # type: ignore[no-untyped-def]
         """The same as :meth:`forward`, from C3..C5 maps."""
+        if targets is not None and self.anytime and self.training:
+            pyramids = [list(p.values()) for p in self.neck.forward_repeats(list(features))]
+            losses = [self._loss(feats, targets) for feats in pyramids]
+            return {k: sum(loss[k] for loss in losses) / len(losses) for k in losses[0]}
         feats = list(self.neck(list(features)).values())
-        head_outputs = self.retina.head(feats)
-        batch = feats[0].shape[0]
-        hw = (self.image_size, self.image_size)
-        image_list = ImageList(feats[0].new_empty((batch, 0, *hw)), [hw] * batch)
-        anchors = self.retina.anchor_generator(image_list, feats)
         if targets is not None:
-            return self.retina.compute_loss(targets, head_outputs, anchors)
+            return self._loss(feats, targets)
+        head_outputs = self.retina.head(feats)
+        image_list, anchors = self._anchors(feats)
         # As RetinaNet.forward: split outputs and anchors per level, then decode + NMS.
         per_level = [x.size(2) * x.size(3) for x in feats]
         num_a = head_outputs["cls_logits"].size(1) // sum(per_level)
@@ -206,6 +211,17 @@ class Detector(nn.Module):
         split = {k: list(v.float().split(per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
         return self.retina.postprocess_detections(split, split_anchors, image_list.image_sizes)
+
+    def _anchors(self, feats: list[Tensor]) -> tuple[ImageList, list[Tensor]]:
+        batch = feats[0].shape[0]
+        hw = (self.image_size, self.image_size)
+        image_list = ImageList(feats[0].new_empty((batch, 0, *hw)), [hw] * batch)
+        return image_list, self.retina.anchor_generator(image_list, feats)
+
+    def _loss(self, feats: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """torchvision's RetinaNet losses of one pyramid."""
+        _, anchors = self._anchors(feats)
+        return self.retina.compute_loss(targets, self.retina.head(feats), anchors)
 
 
 def build_detector(
@@ -219,6 +235,8 @@ def build_detector(
     width: int = 64,
     repeats: int = 3,
     neck_norm: str = "batch",
+    fpn_norm: str | None = None,
+    anytime: bool = False,
     anchor_sizes: Sequence[float] = (8, 16, 32, 64, 128),
     anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -229,13 +247,16 @@ def build_detector(
     """A RetinaNet for ``arch`` (a spec, ``"published"``, ``"fpn"`` or ``"torchvision_fpn"``).
 
     ``with_backbone=False`` builds only neck + head (for training on cached features);
-    the backbone's C3..C5 channels still come from ``backbone``.
+    the backbone's C3..C5 channels still come from ``backbone``. ``fpn_norm`` is the norm of
+    torchvision's FPN; ``None`` follows ``neck_norm``, except that BatchNorm keeps the baseline
+    norm-free, as torchvision ships it. ``anytime``: see :class:`Detector`.
     """
     body = Backbone(backbone, weights_path=weights_path)
     channels = body.out_channels
-    norm = norm_factory(neck_norm)
-    if arch == "torchvision_fpn" and neck_norm == "batch":
-        norm = None  # torchvision's FPN is norm-free; keep the baseline as torchvision ships it
+    if arch == "torchvision_fpn":  # torchvision's FPN takes None for "no norm"
+        norm = norm_factory(fpn_norm if fpn_norm is not None else ("none" if neck_norm == "batch" else neck_norm))
+    else:  # our neck takes None for "its default, BatchNorm"
+        norm = norm_factory(neck_norm) or no_norm
     neck = build_neck(arch, channels, width, repeats, norm_layer=norm)
     return Detector(
         backbone=body if with_backbone else None,
@@ -247,6 +268,7 @@ def build_detector(
         aspect_ratios=aspect_ratios,
         head_depth=head_depth,
         head_norm=head_norm,
+        anytime=anytime,
         **kwargs,
     )
 

@@ -86,6 +86,21 @@ def global_pool_merge(coarse: Tensor, fine: Tensor) -> Tensor:
     return coarse + fine * attention
 
 
+def no_norm(channels: int) -> nn.Module:
+    """The norm factory of a norm-free neck (its convs then get biases)."""
+    return nn.Identity()
+
+
+def _needs_bias(norm: nn.Module) -> bool:
+    """A conv followed by a norm needs no bias (the norm's shift replaces it); one without does."""
+    return isinstance(norm, nn.Identity)
+
+
+def _projection(in_channels: int, channels: int, norm_layer: NormFactory) -> nn.Sequential:
+    norm = norm_layer(channels)
+    return nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=1, bias=_needs_bias(norm)), norm)
+
+
 class MergeCell(nn.Module):
     """One merging cell: resample two inputs, merge, add unused features, ReLU -> conv -> norm.
 
@@ -111,8 +126,8 @@ class MergeCell(nn.Module):
         names = [spec.node_name(x) for x in (*self.inputs, *self.extras)]
         self._desc = f"P{self.level} <- {cell.op}({names[0]}, {names[1]})" + "".join(f" + {n}" for n in names[2:])
         self.relu = nn.ReLU()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False)
         self.norm = norm_layer(channels)
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=_needs_bias(self.norm))
 
     def merge(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -213,12 +228,8 @@ class NasFpn(nn.Module):
         self.out_channels = channels
         self.repeats = repeats
         self.names = [f"p{lvl}" for lvl in spec.levels]
-        self.projections = nn.ModuleList(
-            nn.Identity()
-            if c == channels
-            else nn.Sequential(nn.Conv2d(c, channels, kernel_size=1, bias=False), norm_layer(channels))
-            for c in in_channels
-        )
+        self.projections = nn.ModuleList(nn.Identity() if c == channels else _projection(c, channels, norm_layer)
+                                         for c in in_channels)  # fmt: skip
         self.stages = nn.ModuleList(
             PyramidRepeat(spec=spec, channels=channels, norm_layer=norm_layer) for _ in range(repeats)
         )

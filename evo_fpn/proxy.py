@@ -98,6 +98,10 @@ class ProxyConfig:
     width: int = 64
     repeats: int = 3
     neck_norm: str = "batch"
+    fpn_norm: str | None = None  # torchvision FPN's norm; None: neck_norm's, but none for "batch" (as shipped)
+    norm_recal_batches: int = 0  # re-estimate the neck's BatchNorm statistics on this many train batches before eval
+    anytime: bool = False  # deep supervision: the head also trains on every repeat's pyramid
+    norm_decay: bool = True  # weight decay on norm weights and biases too (False: conv/linear weights only)
     head_depth: int = 4
     head_norm: str = "group"
     anchor_sizes: tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0)
@@ -140,6 +144,13 @@ class ProxyConfig:
         need(self.backbone_mode in ("cached", "end_to_end"), "backbone_mode must be 'cached' or 'end_to_end'")
         need(self.resize in RESIZE_MODES, f"resize must be one of {', '.join(RESIZE_MODES)}")
         need(self.head_norm in HEAD_NORMS and self.neck_norm in HEAD_NORMS, f"norms must be one of {HEAD_NORMS}")
+        need(self.fpn_norm is None or self.fpn_norm in HEAD_NORMS, f"fpn_norm must be one of {HEAD_NORMS} or unset")
+        need(
+            type(self.norm_recal_batches) is int and self.norm_recal_batches >= 0,
+            f"norm_recal_batches must be an integer >= 0, got {self.norm_recal_batches!r}",
+        )
+        need(isinstance(self.anytime, bool), f"anytime must be true or false, got {self.anytime!r}")
+        need(isinstance(self.norm_decay, bool), f"norm_decay must be true or false, got {self.norm_decay!r}")
         need(self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'")
         need(self.image_size >= 32, "image_size must be >= 32")
         need(self.width >= 8 and self.repeats >= 1, "width must be >= 8 and repeats >= 1")
@@ -205,7 +216,13 @@ class ProxyConfig:
         )
 
 
-_LATER_FIELDS: dict[str, Any] = {"seeds": 1}
+_LATER_FIELDS: dict[str, Any] = {
+    "seeds": 1,
+    "fpn_norm": None,
+    "norm_recal_batches": 0,
+    "anytime": False,
+    "norm_decay": True,
+}
 """Fields added after fingerprints were first stored, with the default that leaves them out."""
 
 
@@ -326,10 +343,14 @@ def _load_inputs(split: Split, image_size: int, resize: str, progress: bool) -> 
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: ProxyConfig, total_steps: int):  # type: ignore[no-untyped-def]
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if not config.norm_decay:  # as the authors' code: decay conv/linear weights, not norms or biases
+        groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1]}]
+        groups[1]["weight_decay"] = 0.0
     if config.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
@@ -424,6 +445,42 @@ def train_detector(
         "first_loss": float(np.mean(losses[: min(10, len(losses))])),
         "last_loss": float(np.mean(losses[-min(10, len(losses)) :])),
     }
+
+
+@torch.no_grad()
+def recalibrate_norms(
+    model: Detector, train: _Inputs, *, batches: int, config: ProxyConfig, device: torch.device
+) -> int:
+    """Re-estimate the neck's BatchNorm statistics as SPOS and DetNAS do: reset them, then run
+    ``batches`` training batches (fixed order) in train mode without gradients, averaging
+    (momentum ``None``). Weights do not change, so evaluating before and after compares the
+    same network. Returns the number of BatchNorm layers recalibrated (0: nothing to do)."""
+    norms = [m for m in model.neck.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches < 1:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.eval()
+    model.neck.train()
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(12345)).tolist()
+    order = order * (1 + batches * config.batch_size // max(1, len(order)))
+    try:
+        for b in range(batches):
+            inputs, _ = train.batch(order[b * config.batch_size : (b + 1) * config.batch_size], device)
+            with _autocast(device):
+                if isinstance(inputs, list):
+                    model.neck(inputs)
+                else:
+                    assert model.backbone is not None
+                    model.neck(model.backbone(model.normalize(inputs)))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was)
+    return len(norms)
 
 
 @torch.no_grad()
@@ -562,13 +619,15 @@ class ProxyTask:
         train = _load_inputs(train_split, cfg.image_size, cfg.resize, self.progress)
         val = _load_inputs(val_split, cfg.image_size, cfg.resize, self.progress)
         torch.manual_seed(cfg.backbone_seed)
-        model = self._detector("torchvision_fpn", with_backbone=True).to(self.device)
+        # The stand-in neck is torchvision's plain FPN whatever the trials' norms, so that the
+        # cache key needs none of the trial settings.
+        model = self._detector("torchvision_fpn", with_backbone=True, stage=True).to(self.device)
         t0 = time.perf_counter()
         if cfg.backbone_epochs > 0:
             train_detector(
                 model,
                 train,
-                config=cfg,
+                config=cfg.replace(norm_decay=True),  # the stage's recipe is not a trial setting
                 epochs=cfg.backbone_epochs,
                 device=self.device,
                 seed=cfg.backbone_seed,
@@ -628,7 +687,7 @@ class ProxyTask:
             return {}
         return dict(torch.load(self.cache_path(), map_location="cpu", weights_only=True)["meta"])
 
-    def _detector(self, arch: ArchSpec | str, *, with_backbone: bool) -> Detector:
+    def _detector(self, arch: ArchSpec | str, *, with_backbone: bool, stage: bool = False) -> Detector:
         cfg = self.config
         return build_detector(
             arch,
@@ -639,7 +698,9 @@ class ProxyTask:
             weights_path=cfg.backbone_weights,
             width=cfg.width,
             repeats=cfg.repeats,
-            neck_norm=cfg.neck_norm,
+            neck_norm="batch" if stage else cfg.neck_norm,
+            fpn_norm=None if stage else cfg.fpn_norm,
+            anytime=False if stage else cfg.anytime,
             anchor_sizes=cfg.anchor_sizes,
             anchor_scales=cfg.anchor_scales,
             aspect_ratios=cfg.aspect_ratios,
@@ -835,6 +896,8 @@ class ProxyTask:
 
         def on_eval(step: int, total_steps: int) -> None:
             t0 = time.perf_counter()
+            if cfg.norm_recal_batches:
+                recalibrate_norms(model, self._train, batches=cfg.norm_recal_batches, config=cfg, device=self.device)
             metrics = coco_ap(
                 self._val.split.coco_gt,  # type: ignore[union-attr]
                 predict(model, self._val, device=self.device, progress=self.progress),  # type: ignore[arg-type]
@@ -910,6 +973,7 @@ __all__ = [
     "ProxyTask",
     "TrialFailed",
     "predict",
+    "recalibrate_norms",
     "resolve_device",
     "train_detector",
 ]

@@ -285,3 +285,72 @@ def test_paper_preset_needs_a_dataset(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match="need a dataset folder"):
         ProxyTask("paper", device="cpu", progress=False, cache_dir=tmp_path).prepare()
+
+
+# -- the cells-issue settings: each changes what it says and nothing else -------------------------
+def test_norm_recalibration_changes_statistics_not_weights(task: ProxyTask) -> None:
+    from evo_fpn.proxy import recalibrate_norms
+
+    model = task.build(PUBLISHED_NASFPN)
+    norms = [m for m in model.neck.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    was = model.training
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    before = [m.running_mean.clone() for m in norms]
+    assert recalibrate_norms(model, task._train, batches=3, config=TINY, device=task.device) == len(norms) > 0
+    assert all(int(m.num_batches_tracked) == 3 and m.momentum == 0.1 for m in norms)
+    assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert model.training == was
+
+
+def test_anytime_averages_the_losses_of_every_repeat(task: ProxyTask) -> None:
+    torch.manual_seed(0)
+    from evo_fpn.detector import build_detector
+
+    model = build_detector(PUBLISHED_NASFPN, num_classes=task.num_classes, image_size=64, with_backbone=False,
+                           width=16, repeats=2, head_depth=1, anytime=True)  # fmt: skip
+    feats, targets = task._train.batch([0, 1], torch.device("cpu"))
+    model.train()
+    mixed = model.forward_features(feats, targets)
+    per_repeat = [model._loss(list(p.values()), targets) for p in model.neck.forward_repeats(feats)]
+    for key, value in mixed.items():
+        assert torch.allclose(value, (per_repeat[0][key] + per_repeat[1][key]) / 2)
+    last = model._loss(list(model.neck(feats).values()), targets)
+    assert torch.allclose(last["classification"], per_repeat[1]["classification"])
+    model.eval()
+    assert len(model.forward_features(feats)) == 2  # inference: detections from the last repeat
+
+
+def test_trial_settings_leave_the_backbone_cache_and_old_fingerprints_alone() -> None:
+    for change in ({"fpn_norm": "batch"}, {"norm_recal_batches": 5}, {"anytime": True}, {"norm_decay": False},
+                   {"neck_norm": "group"}):  # fmt: skip
+        other = TINY.replace(**change)
+        assert other.backbone_key() == TINY.backbone_key()
+        assert other.fingerprint() != TINY.fingerprint()
+    assert PRESETS["default"].fingerprint() == PRESETS["default"].replace(norm_decay=True, anytime=False).fingerprint()
+
+
+def test_fpn_norm_puts_a_norm_into_torchvisions_fpn_only() -> None:
+    from evo_fpn.detector import build_detector
+
+    def norms(arch: str, **kw: object) -> set[str]:
+        model = build_detector(arch, num_classes=3, image_size=64, with_backbone=False, width=16, repeats=1, **kw)
+        kinds = (torch.nn.BatchNorm2d, torch.nn.GroupNorm)
+        return {type(m).__name__ for m in model.neck.modules() if isinstance(m, kinds)}
+
+    assert norms("torchvision_fpn") == set()
+    assert norms("torchvision_fpn", fpn_norm="batch") == {"BatchNorm2d"}
+    assert norms("torchvision_fpn", neck_norm="group") == {"GroupNorm"}
+    assert norms("published", fpn_norm="group") == {"BatchNorm2d"}
+    assert norms("published", neck_norm="none") == set()
+
+
+def test_no_norm_decay_decays_conv_weights_only(task: ProxyTask) -> None:
+    from evo_fpn.proxy import _optimizer
+
+    model = task.build(PUBLISHED_NASFPN)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, _ = _optimizer(params, TINY.replace(norm_decay=False), 10)
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
+    assert len(decayed) == 1 and all(p.ndim > 1 for p in decayed[0]["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)

@@ -1,0 +1,233 @@
+"""Why do our pyramids lose to torchvision's FPN? The same architectures under controlled changes.
+
+    python -m benchmarks.bench_cells                       # resumable; rerun to continue
+    python -m benchmarks.bench_cells --shard 1/2 &         # a second process shares the runs
+    python -m benchmarks.bench_cells --settings default,none --archs published,fpn --seeds 3
+    python -m benchmarks.bench_cells --mode reference --settings default,none
+    python -m benchmarks.bench_cells --report              # the table from the records, train nothing
+    python -m benchmarks.bench_cells --report --json       # the same rows as one JSON list
+
+Every run trains one (architecture, setting, seed) and appends one JSON line to
+``benchmarks/records/cells.jsonl`` (committed: a few hundred bytes a run) as soon as it
+finishes, keyed by the fingerprint of the configuration it ran; a rerun skips what is there.
+
+``--mode proxy`` is the default preset on its cached backbone (one seed per run, seeds
+0..N-1; the preset's own score is the mean of its seeds). ``--mode reference`` is the 8-epoch
+end-to-end reference of ``bench_fidelity`` (backbone from scratch, 6000 images) with the
+same setting applied. A setting is a set of ProxyConfig changes (:data:`SETTINGS`);
+``default`` is the shipped preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_fidelity import REFERENCES
+from benchmarks.bench_proxy import parse_shard, spec_json
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+
+RECORDS = Path(__file__).resolve().parent / "records" / "cells.jsonl"
+
+ARCHS: dict[str, ArchSpec | str] = {
+    "torchvision_fpn": "torchvision_fpn",
+    "published": PUBLISHED_NASFPN,
+    "fpn": FPN_LIKE,
+}
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # the norm in the cells (and, for the control, in torchvision's FPN)
+    "bn_recal": {"norm_recal_batches": 50},  # BatchNorm statistics re-estimated on 50 train batches
+    "group": {"neck_norm": "group"},
+    "none": {"neck_norm": "none"},
+    "fpn_batch": {"fpn_norm": "batch"},  # torchvision FPN with BatchNorm (NAS-FPN necks: unchanged)
+    # the recipe: no weight decay on norm weights and biases (the authors' code decays conv weights only)
+    "no_norm_decay": {"norm_decay": False},
+    # depth
+    "repeats1": {"repeats": 1},
+    "repeats2": {"repeats": 2},
+    # deep supervision
+    "anytime": {"anytime": True},
+    # budget
+    "epochs32": {"epochs": 32.0},
+}
+"""Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
+for it those settings equal ``default`` and are not run twice)."""
+
+
+def base_config(mode: str) -> ProxyConfig:
+    """One seed of the default preset (proxy) or the 8-epoch end-to-end reference."""
+    return PRESETS["default"].replace(seeds=1) if mode == "proxy" else REFERENCES["adamw-8ep"]
+
+
+def config_for(mode: str, setting: str) -> ProxyConfig:
+    return base_config(mode).replace(**SETTINGS[setting])
+
+
+def _as_built(config: ProxyConfig, arch: str) -> dict[str, Any]:
+    """The fields of ``config`` that change the detector ``arch`` trains (for
+    torchvision's FPN: not repeats, anytime or BatchNorm recalibration; its norm as built)."""
+    d = config.to_dict()
+    if arch == "torchvision_fpn":
+        norm = config.fpn_norm or ("none" if config.neck_norm == "batch" else config.neck_norm)
+        for k in ("repeats", "anytime", "norm_recal_batches", "neck_norm", "fpn_norm"):
+            d.pop(k)
+        d["built_norm"] = norm
+    else:
+        d.pop("fpn_norm")
+    return d
+
+
+def applies(arch: str, setting: str, mode: str = "proxy") -> bool:
+    """Whether ``setting`` changes what ``arch`` trains (else its run would repeat ``default``'s)."""
+    return setting == "default" or _as_built(config_for(mode, setting), arch) != _as_built(base_config(mode), arch)
+
+
+def load_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def done_keys(records: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
+    return {(r["fingerprint"], r["arch"], r["seed"]) for r in records}
+
+
+def jobs(modes: list[str], settings: list[str], archs: list[str], seeds: int) -> list[tuple[str, str, str, int]]:
+    """(mode, setting, arch, seed), seed-major: every pair gets its first seed before any its second."""
+    return [
+        (mode, setting, arch, seed)
+        for mode in modes
+        for seed in range(seeds)
+        for setting in settings
+        for arch in archs
+        if applies(arch, setting, mode)
+    ]
+
+
+def run_one(mode: str, setting: str, arch: str, seed: int, *, device: str) -> dict[str, Any]:
+    config = config_for(mode, setting)
+    task = ProxyTask(config.replace(seed=seed), device=device, progress=False).prepare()
+    t0 = time.perf_counter()
+    metrics = task.evaluate(ARCHS[arch])
+    return {
+        "fingerprint": config.fingerprint(),
+        "mode": mode,
+        "setting": setting,
+        "changes": SETTINGS[setting],
+        "arch": arch,
+        "seed": seed,
+        "spec": spec_json(ARCHS[arch]),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "threads": torch.get_num_threads(),
+        **{k: v for k, v in metrics.items() if k not in ("spec", "spec_hash", "history")},
+    }
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (mode, setting, arch) over the records of the *current* configuration."""
+    current = {(m, s): config_for(m, s).fingerprint() for m in ("proxy", "reference") for s in SETTINGS}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if current.get((r["mode"], r["setting"])) == r["fingerprint"]:
+            groups.setdefault((r["mode"], r["setting"], r["arch"]), []).append(r)
+    rows = []
+    for (mode, setting, arch), runs in groups.items():
+        runs = sorted({r["seed"]: r for r in runs}.values(), key=lambda r: r["seed"])
+        aps = [r["ap"] for r in runs]
+        rows.append(
+            {
+                "arch": arch,
+                "setting": setting,
+                "mode": mode,
+                "ap_mean": statistics.fmean(aps),
+                "ap_std": statistics.stdev(aps) if len(aps) >= 2 else None,
+                "seeds": len(aps),
+                "ap_seeds": aps,
+                "ap50_mean": statistics.fmean(r["ap50"] for r in runs),
+                "neck_flops": runs[0]["neck_flops"],
+                "neck_params": runs[0]["neck_params"],
+                "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+                "threads": sorted({r["threads"] for r in runs}),
+            }
+        )
+    order_s, order_a = list(SETTINGS), list(ARCHS)
+    rows.sort(key=lambda r: (r["mode"] != "proxy", order_s.index(r["setting"]), order_a.index(r["arch"])))
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'mode':<9} {'setting':<10} {'arch':<16} {'AP mean':>8} {'std':>7} {'seeds':>5} {'neck MFLOPs':>12} "
+          f"{'neck params':>12} {'train s':>8}")  # fmt: skip
+    for r in rows:
+        std = f"{r['ap_std']:.4f}" if r["ap_std"] is not None else "-"
+        print(
+            f"{r['mode']:<9} {r['setting']:<10} {r['arch']:<16} {r['ap_mean']:8.4f} {std:>7} {r['seeds']:5d} "
+            f"{r['neck_flops'] / 1e6:12.1f} {r['neck_params']:12,d} {r['train_seconds_mean']:8.0f}"
+        )
+
+
+def _names(text: str, known: dict[str, Any], what: str, parser: argparse.ArgumentParser) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        parser.error(f"unknown {what} {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
+    p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated: torchvision_fpn, published, fpn")
+    p.add_argument("--mode", default="proxy", choices=("proxy", "reference", "both"))
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per (setting, arch)")
+    p.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (0: all)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
+    p.add_argument("--shard", default="0/1", help="I/N: every N-th missing run from the I-th")
+    p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
+    p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
+    p.add_argument("--records", type=Path, default=RECORDS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    shard, shards = parse_shard(p, args.shard)
+    settings = _names(args.settings, SETTINGS, "setting", p)
+    archs = _names(args.archs, ARCHS, "architecture", p)
+    modes = ["proxy", "reference"] if args.mode == "both" else [args.mode]
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        args.records.parent.mkdir(parents=True, exist_ok=True)
+        done = done_keys(load_records(args.records))
+        todo = [
+            j
+            for j in jobs(modes, settings, archs, args.seeds)
+            if (config_for(j[0], j[1]).fingerprint(), j[2], j[3]) not in done
+        ]
+        mine = todo[shard::shards][: args.max_runs or None]
+        print(f"{len(todo)} runs missing; this process runs {len(mine)}", file=sys.stderr, flush=True)
+        for mode, setting, arch, seed in mine:
+            rec = run_one(mode, setting, arch, seed, device=args.device)
+            with args.records.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"{mode:<9} {setting:<10} {arch:<16} seed {seed}  AP {rec['ap']:.4f}  {rec['wall_seconds']:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    rows = summarise(load_records(args.records))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
