@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
@@ -214,6 +214,73 @@ def test_int_and_float_params_fall_back_to_independent_sampling() -> None:
     assert len(rec["actions"]) == 1  # only the categorical is a decision
 
 
+def _frozen(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    return study._storage.get_trial(study.ask()._trial_id)
+
+
+def test_spaces_without_categorical_decisions_have_no_policy() -> None:
+    sampler = RLControllerSampler(seed=0, batch_size=2)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("one", ["only"])  # a single choice is no decision
+        return trial.suggest_float("x", -1, 1) ** 2
+
+    study.optimize(objective, n_trials=8)
+    assert all(t.state == TrialState.COMPLETE and SAMPLE_KEY not in t.system_attrs for t in study.trials)
+    assert sampler.sync(study) == 0 and sampler.policy_digest() == "" and sampler.decision_probabilities() == {}
+    for space in ({}, {"x": FloatDistribution(-1, 1)}, {"one": CategoricalDistribution(["only"])}):
+        assert sampler.sample_relative(study, _frozen(study), space) == {}
+
+
+def test_decisions_that_vanish_drop_the_policy_and_come_back_by_replay() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -1, 1)
+        return x + (trial.suggest_categorical("c", ["a", "b", "c"]) == "a") if trial.number < 6 else x
+
+    sampler = RLControllerSampler(seed=0, batch_size=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=12)  # from trial 6 on "c" leaves the (intersection) space
+    assert SAMPLE_KEY in study.trials[5].system_attrs and SAMPLE_KEY not in study.trials[7].system_attrs
+    assert sampler.sync(study) == 0 and sampler.policy_digest() == ""
+    with_c = {"c": CategoricalDistribution(["a", "b", "c"])}
+    assert set(sampler.sample_relative(study, _frozen(study), with_c)) == {"c"}  # rebuilt by replay
+    fresh = RLControllerSampler(batch_size=2)
+    fresh.sample_relative(study, _frozen(study), with_c)
+    assert sampler.policy_digest() == fresh.policy_digest() != ""
+
+
+def test_mixed_space_gives_the_categorical_part_with_its_own_type() -> None:
+    # what Optuna's skipped generic test_sample_relative_mixed checks, as far as it applies here
+    space = {"x": FloatDistribution(-1, 1), "y": CategoricalDistribution([-1, -10, -100])}
+    study = optuna.create_study(sampler=RLControllerSampler(seed=0, batch_size=1))
+    trial = study.ask(space)
+    study.tell(trial, sum(trial.params.values()))
+    for _ in range(5):
+        params = study.sampler.sample_relative(study, _frozen(study), space)
+        assert set(params) == {"y"} and type(params["y"]) is int and params["y"] in (-1, -10, -100)
+
+
+def test_infinite_value_gets_the_floor_instead_of_poisoning_the_policy() -> None:
+    values = [0.1 * i for i in range(12)]
+    worst = values.copy()
+    worst[5] = float("-inf")  # maximize: the worst possible value
+    floored = values.copy()
+    floored[5] = 0.0  # the lowest finite reward so far: the floor
+    assert _digest(_history(worst)) == _digest(_history(floored))
+
+    def objective(trial: optuna.Trial) -> float:
+        a = trial.suggest_categorical("a", ["p", "q", "r"])
+        return float("inf") if trial.number == 2 else float(a != "p")  # a diverged run, minimized
+
+    sampler = RLControllerSampler(seed=0, batch_size=4)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=20)
+    probs = sampler.decision_probabilities()["a"]
+    assert all(0 < p < 1 for p in probs.values()), probs  # no NaN
+    assert all(lp <= 0 for lp in study.trials[-1].system_attrs[SAMPLE_KEY]["logp"])  # NaN fails this
+
+
 def test_multi_objective_is_refused() -> None:
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=RLControllerSampler(seed=0))
     study.add_trial(
@@ -221,6 +288,10 @@ def test_multi_objective_is_refused() -> None:
     )
     with pytest.raises(ValueError):
         study.optimize(lambda t: (float(t.suggest_categorical("a", ["x", "y"]) == "x"), 0.0), n_trials=1)
+    with pytest.raises(ValueError):
+        study.sampler.sync(study)
+    with pytest.raises(ValueError):  # the independent fallback too, as Optuna's single-objective samplers do
+        study.sampler.sample_independent(study, _frozen(study), "x", FloatDistribution(0, 1))
 
 
 def test_argument_checks() -> None:

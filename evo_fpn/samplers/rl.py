@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -113,7 +114,8 @@ class RLControllerSampler(StorageBackedSampler):
     step. Choices the hook forbids given the earlier decisions are masked out, so every
     sample is valid. int/float params (and params outside the relative space) are not
     decisions: they fall back to ``independent_sampler`` (default: a per-trial seeded uniform
-    draw, constraint-aware for categoricals).
+    draw, constraint-aware for categoricals). A space without categorical decisions has no
+    policy: ``sample_relative`` returns ``{}`` and every param is drawn independently.
 
     **Training.** Finished trials are taken in completion order (``datetime_complete``, then
     number) and cut into consecutive batches of ``batch_size``; each full batch is one update:
@@ -127,8 +129,10 @@ class RLControllerSampler(StorageBackedSampler):
 
     **Failed, pruned, running.** FAIL trials are left out entirely (often infrastructure, not
     the architecture). A PRUNED trial's early value is not comparable with a final one, so
-    its reward is the floor: the lowest reward of the COMPLETE trials consumed so far (it is
-    skipped while there is none). RUNNING trials are never waited on.
+    its reward is the floor: the lowest finite reward of the COMPLETE trials consumed so far
+    (it is skipped while there is none). A COMPLETE trial with an infinite value gets the
+    floor too: one infinite reward would turn the baseline, and from it the whole policy,
+    into NaN for good. RUNNING trials are never waited on.
 
     **Many workers, resume.** The policy is a deterministic function of the study's finished
     trials in completion order: it starts from ``policy_seed`` (the same in every worker,
@@ -265,6 +269,7 @@ class RLControllerSampler(StorageBackedSampler):
 
         Sampling does this itself; call it to inspect the policy (e.g. :meth:`policy_digest`).
         """
+        self._raise_error_if_multi_objective(study)
         with self._lock:
             space = self._space(study, use_cache=False)  # outside a trial the cache may be stale
             self._sync(study, space, use_cache=False)
@@ -312,7 +317,8 @@ class RLControllerSampler(StorageBackedSampler):
             return {}
         with self._lock:
             self._sync(study, search_space)
-            assert self._policy is not None
+            if self._policy is None:  # no categorical decisions: everything is drawn independently
+                return {}
             rng = trial_rng(self._base_seed, trial.number, "rl")
             actions, logps, _, params = self._sample_path(rng)
             record = {"sig": self._sig, "version": self._n_updates, "actions": actions, "logp": logps}
@@ -322,6 +328,7 @@ class RLControllerSampler(StorageBackedSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        self._raise_error_if_multi_objective(study)  # refused here too, as Optuna's single-objective samplers do
         if self._independent_sampler is not None:
             return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
         rng = trial_rng(self._base_seed, trial.number, "independent:" + param_name)
@@ -423,6 +430,9 @@ class RLControllerSampler(StorageBackedSampler):
         if decisions != self._decisions or self._policy is None:
             self._decisions = decisions
             self._sig = f"{zlib.crc32(repr(decisions).encode()):08x}"
+            if not decisions:  # nothing to decide: no policy (an LSTM over zero steps has no output)
+                self._policy, self._np, self._optim, self._n_updates, self._checkpoints = None, {}, None, 0, []
+                return
             self._new_policy()
         trials = study._get_trials(deepcopy=False, use_cache=use_cache)
         kept, _ = self._log.update(key, trials)
@@ -473,15 +483,15 @@ class RLControllerSampler(StorageBackedSampler):
     def _update(self, batch: Sequence[FrozenTrial], sign: float) -> None:
         assert self._policy is not None and self._optim is not None
         stats = self._stats
-        completes = [sign * t.value for t in batch if t.state == TrialState.COMPLETE and t.value is not None]
+        completes = [sign * float(t.value) for t in batch if _finite_value(t)]
         if completes:
             low = min(completes)
             stats["floor"] = low if stats["floor"] is None else min(stats["floor"], low)
         rows = []
         for t in batch:
-            if t.state == TrialState.COMPLETE and t.value is not None:
+            if _finite_value(t):
                 reward = sign * float(t.value)
-            elif t.state == TrialState.PRUNED and stats["floor"] is not None:
+            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) and stats["floor"] is not None:
                 reward = float(stats["floor"])
             else:
                 continue
@@ -531,6 +541,10 @@ class RLControllerSampler(StorageBackedSampler):
             loss.backward()
             nn.utils.clip_grad_norm_(params, self._max_grad_norm)
             self._optim.step()
+
+
+def _finite_value(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
 def _getter(trials: Sequence[FrozenTrial]) -> Any:
