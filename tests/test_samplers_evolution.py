@@ -123,6 +123,34 @@ def test_pruned_rank_below_complete_failed_excluded_running_never_waited() -> No
     assert {0, 2, 3} <= set(parents)  # every rule was exercised
 
 
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_pruned_rank_by_step_reached_then_value(direction: str) -> None:
+    # values at different steps are not comparable (a trial's seeds report at steps k*total+s):
+    # a later step ranks higher whatever its value; at the same step the better value wins
+    good, bad = (1.0, 9.0) if direction == "minimize" else (9.0, 1.0)
+    best_early = {0: good - 0.5}  # the best value of all, but pruned first
+    later_worse = {0: bad, 3: bad}
+    later_better = {0: bad, 3: good}
+    later_nan = {0: good, 3: float("nan")}  # NaN ranks last among its step, as in TPE
+    reports = [best_early, later_worse, later_better, later_nan]
+    rank = [3, 1, 0, 2]  # expected order, best first: later_better, later_worse, later_nan, best_early
+    study = optuna.create_study(direction=direction)
+    dist = {"x": IntDistribution(0, 100)}
+    for i, iv in enumerate(reports):
+        study.add_trial(
+            create_trial(state=TrialState.PRUNED, params={"x": i}, distributions=dist, intermediate_values=iv)
+        )
+    study.sampler = AgingEvolutionSampler(population_size=4, sample_size=2, seed=0, mutation_prob_identity=0.0)
+    seen = set()
+    for _ in range(60):
+        trial = study.ask(dist)
+        rec = lineage(study.trials[trial.number])
+        members = rec["tournament"]
+        assert rec["parent"] == min(members, key=lambda m: rank[m]), members
+        seen.add(tuple(sorted(set(members))))
+    assert len(seen) >= 8  # most pairs (and singletons) were drawn
+
+
 def test_one_mutation_per_child_inside_nas_constraints() -> None:
     study = run_nas(160, seed=4, population_size=20, sample_size=5)
     trials = study.trials

@@ -206,10 +206,15 @@ def study_key(study: Any) -> tuple[Any, ...]:
     return (id(study._storage), study._study_id, study.study_name, getattr(study, "_bracket_id", None))
 
 
-def last_intermediate(t: FrozenTrial) -> float | None:
+def last_report(t: FrozenTrial) -> tuple[int, float] | None:
+    """``(step, value)`` of a trial's last intermediate report (``None`` without one).
+
+    The step belongs with the value: values reported at different steps are not comparable.
+    """
     if not t.intermediate_values:
         return None
-    return t.intermediate_values[max(t.intermediate_values)]
+    step = max(t.intermediate_values)
+    return step, t.intermediate_values[step]
 
 
 class StorageBackedSampler(BaseSampler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evo_fpn.samplers._common import (
     CompletionLog,
     StorageBackedSampler,
-    last_intermediate,
+    last_report,
     ordered_space,
     perturb,
     sample_joint_random,
@@ -49,8 +50,10 @@ class AgingEvolutionSampler(StorageBackedSampler):
     * **Tournament**: draw ``sample_size`` (S) members uniformly *with replacement*; the best
       is the parent (ties: the first drawn). Best = highest/lowest value by the study's
       direction; for several objectives, lowest Pareto rank within the population. PRUNED
-      members rank below every COMPLETE member and among themselves by their last reported
-      value (a pruned trial's value is an early one, not comparable with a final value).
+      members rank below every COMPLETE member (a pruned trial's value is an early one, not
+      comparable with a final value) and among themselves as Optuna's TPE ranks them: by the
+      step of their last report, later first, then by its value (NaN last); values reported
+      at different steps are not comparable either.
     * **Mutation**: with probability ``mutation_prob_identity`` the child copies the parent
       (a deliberate re-evaluation, exempt from de-duplication). Otherwise exactly one
       decision is chosen uniformly among those that can change and set to a different
@@ -399,23 +402,29 @@ def _describe(mutation: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _scores(population: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[tuple[int, float]]:
-    """Sort keys, lower is better: COMPLETE by value or Pareto rank, then PRUNED, then the rest."""
+def _scores(population: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[tuple[int, float, float]]:
+    """Sort keys, lower is better: COMPLETE by value or Pareto rank; then PRUNED by (later step,
+    value at it); then the rest."""
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
-    scores: list[tuple[int, float]] = []
+    scores: list[tuple[int, float, float]] = []
     complete = [i for i, t in enumerate(population) if t.state == TrialState.COMPLETE and t.values is not None]
     if len(directions) == 1:
         for t in population:
             if t.state == TrialState.COMPLETE and t.values is not None:
-                scores.append((0, float(signs[0] * t.values[0])))
+                scores.append((0, 0.0, float(signs[0] * t.values[0])))
+                continue
+            last = last_report(t)
+            if last is None:
+                scores.append((2, 0.0, 0.0))
             else:
-                last = last_intermediate(t)
-                scores.append((1, float(signs[0] * last)) if last is not None else (2, 0.0))
+                step, value = last
+                scores.append((1, -float(step), math.inf if math.isnan(value) else float(signs[0] * value)))
         return scores
+    # several objectives: Optuna takes no intermediate reports, so PRUNED members are all equal
     ranks = _pareto_ranks(np.array([population[i].values for i in complete], dtype=float) * signs)
     rank_of = dict(zip(complete, ranks, strict=True))
     for i in range(len(population)):
-        scores.append((0, float(rank_of[i])) if i in rank_of else (1, 0.0))
+        scores.append((0, 0.0, float(rank_of[i])) if i in rank_of else (1, 0.0, 0.0))
     return scores
 
 
