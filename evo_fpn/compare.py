@@ -10,7 +10,6 @@ Without ``--storage`` each study is read from its default place, ``studies/NAME.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn import storage as st
-from evo_fpn.cli import UsageError, guard
+from evo_fpn.cli import ArgumentParser, UsageError, guard
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -135,14 +134,9 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
 @guard
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m evo_fpn.compare", description="Compare studies that measured the same thing.")
+    p = ArgumentParser(prog="python -m evo_fpn.compare", description="Compare studies that measured the same thing.")
     p.add_argument("studies", nargs="+", metavar="STUDY")
     p.add_argument("--storage", help="storage URL holding all the studies (default: studies/NAME.db each)")
     args = p.parse_args(argv)

@@ -30,9 +30,9 @@ import plotly.offline
 from optuna.trial import TrialState
 
 from evo_fpn import figures
-from evo_fpn.cli import UsageError, guard
+from evo_fpn.cli import ArgumentParser, UsageError, guard
 from evo_fpn.figures import StudyData
-from evo_fpn.report import mask_password
+from evo_fpn.storage import mask_url
 
 DEFAULT_DIR = Path("studies")
 """Where the runner keeps one SQLite file per study (``studies/NAME.db``) by default."""
@@ -167,7 +167,7 @@ def _list_studies(storage: str) -> list[str]:
     try:
         return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     except Exception as exc:  # bad URL, unreachable server, missing driver
-        raise UsageError(f"cannot open storage {mask_password(storage)}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"cannot open storage {mask_url(storage)}: {str(exc).splitlines()[0]}") from None
 
 
 def locate(storage: str | None, patterns: Sequence[str]) -> list[tuple[str, str]]:
@@ -179,7 +179,7 @@ def locate(storage: str | None, patterns: Sequence[str]) -> list[tuple[str, str]
     """
     if storage is not None:
         known = [(n, storage) for n in _list_studies(storage)]
-        where = mask_password(storage)
+        where = mask_url(storage)
     else:
         known = []
         for db in sorted(DEFAULT_DIR.glob("*.db")):
@@ -237,7 +237,7 @@ def _sqlite_file(storage: str) -> Path | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m evo_fpn.dashboard",
         description="Write self-contained plotly pages (HTML, plotly.js inlined) of evo-fpn studies.",
     )

@@ -4,8 +4,10 @@
     python -m evo_fpn.inspect fpn --backbone resnet18 --channels 64 --repeats 3 --image-size 512
     python -m evo_fpn.inspect my_spec.json --json
 
-``SPEC`` is ``published``, ``fpn`` or a JSON file holding a spec (``ArchSpec.to_json``, the
-``spec`` user attr of a trial) or a trial's params (``cell0.input_i`` ...). The defaults
+``SPEC`` is anything :func:`evo_fpn.cli.load_arch` reads: ``published``, ``fpn``, inline
+JSON, or a JSON file holding a spec (``ArchSpec.to_json``, the ``spec`` user attr of a trial,
+a record with a ``spec`` key such as ``python -m evo_fpn.train``'s ``metrics.json``) or a
+trial's params (``cell0.input_i`` ...). The defaults
 (resnet50, 256 channels, 7 repeats, 640x640) are the paper's "R-50 NAS-FPN 7@256" model.
 """
 
@@ -15,42 +17,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from evo_fpn.cli import UsageError, guard
+from evo_fpn.cli import ArgumentParser, UsageError, guard, load_arch
 from evo_fpn.cost import image_hw, neck_cost, resolve_backbone_channels
 from evo_fpn.neck import BACKBONE_CHANNELS
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
+from evo_fpn.spec import REFERENCE_SPECS, ArchSpec
 
 DEFAULTS = {"backbone": "resnet50", "channels": 256, "repeats": 7, "image_size": "640"}
-
-
-def load_spec(source: str) -> ArchSpec:
-    """``published``/``fpn`` or a path to a JSON spec (or a trial's params); ``SpecError`` if bad."""
-    if source in REFERENCE_SPECS:
-        return REFERENCE_SPECS[source]
-    path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise UsageError(
-            f"cannot read spec file {source!r} ({reason}); pass {', '.join(REFERENCE_SPECS)} or a path to a spec JSON"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{source}: not valid JSON ({exc})") from None
-    if isinstance(data, str):  # a spec stored as a JSON string (e.g. a copied user attr)
-        return ArchSpec.from_json(data, name=path.stem)
-    if isinstance(data, dict) and "cells" not in data and any(k.startswith("cell0.") for k in data):
-        return NasFpnSpace().decode(data)
-    try:
-        return ArchSpec.from_dict(data, name=path.stem)
-    except SpecError as exc:
-        raise SpecError(f"{source}: {exc}") from None
 
 
 def _positive(text: str) -> int:
@@ -85,16 +59,11 @@ def parse_backbone(text: str) -> tuple[int, int, int]:
         ) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as a ``UsageError`` (one line, exit 2 via ``guard``)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see python -m evo_fpn.inspect --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m evo_fpn.inspect", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("spec", help=f"{' | '.join(REFERENCE_SPECS)} | PATH.json")
+    p = ArgumentParser(
+        prog="python -m evo_fpn.inspect", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("spec", help=f"{' | '.join(REFERENCE_SPECS)} | PATH.json | inline JSON")
     p.add_argument(
         "--backbone",
         default=DEFAULTS["backbone"],
@@ -153,7 +122,7 @@ def render(spec: ArchSpec, info: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parse_backbone(args.backbone)
-    spec = load_spec(args.spec)
+    spec = load_arch(args.spec)
     info = describe(
         spec, backbone=args.backbone, channels=args.channels, repeats=args.repeats, image_size=args.image_size
     )

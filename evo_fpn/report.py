@@ -26,6 +26,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from evo_fpn.cli import UsageError
 from evo_fpn.draw import spec_to_svg
 from evo_fpn.spec import ArchSpec
+from evo_fpn.storage import mask_url
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -49,7 +50,7 @@ def default_artifact_dir(storage_url: str) -> Path:
     try:
         url = make_url(storage_url)
     except Exception as exc:  # sqlalchemy raises ArgumentError with a long text
-        raise UsageError(f"cannot parse storage URL {mask_password(storage_url)!r}: {exc}") from None
+        raise UsageError(f"cannot parse storage URL {mask_url(storage_url)!r}: {exc}") from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return Path(url.database).resolve().parent / ARTIFACT_DIR_NAME
     return Path("studies") / ARTIFACT_DIR_NAME
@@ -147,26 +148,13 @@ class StudyFiguresCallback:
             optuna.logging.get_logger("evo_fpn.report").warning("refreshing study figures failed: %s", exc)
 
 
-def mask_password(storage_url: str) -> str:
-    """``storage_url`` with its password replaced by ``***`` (unchanged when it has none)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(storage_url)
-    except Exception:
-        return storage_url
-    if url.password is None:
-        return storage_url
-    return url.render_as_string(hide_password=True)
-
-
 def dashboard_command(storage_url: str, artifact_dir: str | Path | None) -> str:
     """The exact shell command that opens ``storage_url`` in optuna-dashboard.
 
     The password (if any) is masked as ``***``: replace it, or export it in a
     ``~/.pgpass`` / ``PGPASSWORD`` and drop it from the URL.
     """
-    parts: list[Any] = ["optuna-dashboard", mask_password(storage_url)]
+    parts: list[Any] = ["optuna-dashboard", mask_url(storage_url)]
     if artifact_dir is not None:
         parts += ["--artifact-dir", str(artifact_dir)]
     return " ".join(shlex.quote(str(p)) for p in parts)

@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn import storage as st
-from evo_fpn.cli import UsageError, guard
+from evo_fpn.cli import ArgumentParser, UsageError, guard, parse_sets
 from evo_fpn.config import (
     DEVICES,
     OBJECTIVES,
@@ -65,13 +65,6 @@ ENV_WORKER_INDEX = ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID
 
 
 # -- command line --------------------------------------------------------------------------
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one ``error:`` line (exit 2) like every other user error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message} (see {self.prog} --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m evo_fpn.run",
@@ -122,24 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs with TOML values (``2``, ``0.5``, ``true``, ``"text"``; bare words are text)."""
-    from evo_fpn.config import tomllib
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. proxy.epochs=2")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        out[key] = value
-    return out
 
 
 # -- building blocks -----------------------------------------------------------------------

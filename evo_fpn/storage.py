@@ -53,25 +53,47 @@ def resolve_url(cli_value: str | None, study_name: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (also for URLs SQLAlchemy cannot parse)."""
-    try:
-        parsed = make_url(url)
-        if parsed.password is not None:
-            return parsed.render_as_string(hide_password=True)
-        return url
-    except Exception:  # unparsable: mask a user:password@ part by hand
-        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """The URL with any password replaced by ``***``, for printing.
+
+    Masks by hand, not through SQLAlchemy, so that a URL SQLAlchemy cannot parse (a bad port,
+    a typo) or parses wrongly (an unescaped ``@``, ``/`` or ``?`` in the password) never shows
+    its password: the user info runs from ``://`` to the last ``@``, and everything after its
+    first ``:`` is the password (an ``@`` in the query masks too much, never too little). A
+    ``password=`` query parameter is masked too.
+    """
+    span = _password_span(url)
+    if span is not None:
+        url = f"{url[: span[0]]}***{url[span[1] :]}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the password in ``scheme://user:password@host...``, else ``None``."""
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3  # no scheme: still mask a user:password@ part
+    at = url.rfind("@", start)
+    colon = url.find(":", start, at) if at >= 0 else -1
+    if colon < 0 or "/" in url[start:colon]:  # no user:password@, or a path (sqlite:///C:/...)
+        return None
+    return colon + 1, at
 
 
 def _scrub(text: str, url: str) -> str:
     """Remove the password of ``url`` from an error text (drivers sometimes echo the DSN)."""
+    secrets = set()
+    span = _password_span(url)
+    if span is not None:
+        secrets.add(url[span[0] : span[1]])
     try:
-        pw = make_url(url).password
-    except Exception:
-        pw = None
+        secrets.add(make_url(url).password)
+    except Exception:  # unparsable: the span above is all we know
+        pass
     text = " ".join(str(text).split())
-    if pw:
-        text = text.replace(str(pw), "***")
+    for pw in sorted((str(p) for p in secrets if p), key=len, reverse=True):
+        text = text.replace(pw, "***")
     return text
 
 
