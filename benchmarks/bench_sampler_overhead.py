@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import random
 import shutil
 import statistics
 import tempfile
@@ -30,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.distributions import distribution_to_json
 from optuna.samplers import BaseSampler
@@ -86,12 +86,11 @@ class Timed(BaseSampler):
 
 
 def history(n: int, space: NasFpnSpace, land: Landscape) -> list[FrozenTrial]:
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     start = datetime.datetime(2026, 1, 1)
     out = []
     for i in range(n):
-        raw = {name: d.choices[int(rng.integers(len(d.choices)))] for name, d in space.distributions.items()}
-        params = space.encode(space.decode(raw))
+        params = space.encode(space.sample(rng))  # a random valid point, as the params that decode to it
         t = create_trial(value=land(params), params=params, distributions=space.distributions)
         t.datetime_start = start + datetime.timedelta(seconds=i)
         t.datetime_complete = t.datetime_start

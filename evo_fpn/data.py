@@ -286,11 +286,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, {"boxes": boxes, "labels": torch.from_numpy(self.split.labels[i]), "index": torch.tensor(i)}
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[torch.Tensor, list[dict]]:
-    """Stack equally sized images; keep per-image targets as a list (torchvision's format)."""
-    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
-
-
 def load_dataset(
     root: str | os.PathLike[str], *, train_split: str = "train", val_split: str = "val"
 ) -> tuple[Split, Split]:

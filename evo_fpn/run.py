@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -55,6 +54,7 @@ from evo_fpn.config import (
     sampler_settings_for,
 )
 from evo_fpn.objective import Objective, SyntheticFailure, SyntheticTask
+from evo_fpn.report import dashboard_command, default_artifact_dir, make_artifact_store, refresh_study_figures
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
 
@@ -287,7 +287,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     parts = {**info.fingerprint, "space": cfg.space.to_dict()}
     st.check_storage(url)
     info.task.prepare()  # dataset checks (DatasetError) before anything is written
-    artifact_dir = Path(args.artifacts) if args.artifacts else _default_artifact_dir(url)
+    artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
     return Prepared(
         cfg=cfg,
         url=url,
@@ -302,14 +302,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
         seed=seed,
         index=index,
     )
-
-
-def _default_artifact_dir(url: str) -> Path | None:
-    try:
-        from evo_fpn.report import default_artifact_dir
-    except ImportError:  # pragma: no cover - report module absent
-        return None
-    return default_artifact_dir(st.normalise_url(url))
 
 
 def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study, bool]:
@@ -628,15 +620,7 @@ def summary(study: optuna.Study, p: Prepared, elapsed: float) -> str:
 
 
 def _dashboard_command(p: Prepared) -> str:
-    try:
-        from evo_fpn.report import dashboard_command
-
-        return dashboard_command(st.mask_url(st.normalise_url(p.url)), p.artifact_dir)
-    except ImportError:  # pragma: no cover
-        parts = ["optuna-dashboard", st.mask_url(p.url)]
-        if p.artifact_dir is not None:
-            parts += ["--artifact-dir", str(p.artifact_dir)]
-        return " ".join(shlex.quote(x) for x in parts)
+    return dashboard_command(st.normalise_url(p.url), p.artifact_dir)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -694,11 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             procs = spawn_workers(argv, args.workers, cfg.device, cfg.threads)
             code = watch_workers(procs, study, cfg.n_trials, progress)
         else:
-            store = None
-            if p.artifact_dir is not None:
-                from evo_fpn.report import make_artifact_store
-
-                store = make_artifact_store(p.artifact_dir)
+            store = make_artifact_store(p.artifact_dir) if p.artifact_dir is not None else None
             objective = Objective(
                 space=p.space, task=p.task.task, failures=p.task.failures, dedup=cfg.runner.dedup, artifact_store=store
             )
@@ -720,10 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
     if not args.child:
         try:
-            from evo_fpn.report import refresh_study_figures
-
             refresh_study_figures(study)
-        except (ImportError, UsageError):
+        except UsageError:  # optuna-dashboard is not installed
             pass
         except Exception as exc:  # figures are a convenience; never lose the summary over them
             log(f"warning: refreshing the dashboard figures failed: {exc}")
