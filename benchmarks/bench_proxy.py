@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, train_detector
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.training import train_detector
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,9 +71,9 @@ def bench_speed(config: ProxyConfig, *, rounds: int, steps: int, device: str) ->
         rates: dict[str, list[float]] = {"cached": [], "end_to_end": []}
         for r in range(rounds):
             for mode, task, model in (("cached", cached_task, cached_model), ("end_to_end", e2e_task, e2e_model)):
-                epochs = steps / max(1, len(task._train) // config.batch_size)
+                epochs = steps / max(1, len(task.store.train) // config.batch_size)
                 facts = train_detector(
-                    model, task._train, config=config, epochs=epochs, device=task.device, seed=r, progress=False
+                    model, task.store.train, config=config, epochs=epochs, device=task.device, seed=r, progress=False
                 )
                 rates[mode].append(facts["images_per_s"])
         cached, e2e = statistics.median(rates["cached"]), statistics.median(rates["end_to_end"])

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
+from evo_fpn.errors import DatasetError, TrialFailed, UsageError
 from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
 
 try:  # Python >= 3.11
@@ -28,19 +29,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 F = TypeVar("F", bound=Callable[..., int | None])
 
 
-class UsageError(Exception):
-    """Something the user can fix: the message names the problem and the fix."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, SpecError)
-"""Exception types shown as one line (exit 2) instead of a traceback. Modules may extend it."""
-
-
-def register_user_error(exc_type: type[BaseException]) -> None:
-    """Let a module's own error type be reported as a one-line user error."""
-    global USER_ERRORS
-    if exc_type not in USER_ERRORS:
-        USER_ERRORS = (*USER_ERRORS, exc_type)
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, SpecError, DatasetError, TrialFailed)
+"""Exception types shown as one line (exit 2) instead of a traceback (subclasses included)."""
 
 
 def fail(message: str, code: int = 2) -> int:

@@ -10,7 +10,7 @@ strides 8/16/32 gives (``ceil(size / stride)``, as torchvision's ResNets do), bu
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -77,17 +77,20 @@ def neck_cost(
     channels: int,
     repeats: int,
     image_size: int | Sequence[int],
+    *,
+    norm_layer: Callable[[int], nn.Module] | None = None,
 ) -> dict[str, int]:
     """Parameters and per-image FLOPs of the neck ``build_neck`` makes for these settings.
 
     Returns ``neck_params`` (input projections included), ``neck_flops`` (at ``image_size``),
     ``projection_params`` (the 1x1 input projections, or the FPN's lateral convs) and
     ``conv3x3_per_repeat`` (3x3 convs per repeat; torchvision's FPN counts as one repeat).
+    ``norm_layer`` as for ``build_neck`` (norms add parameters, no counted FLOPs).
     """
     in_channels = resolve_backbone_channels(backbone_channels)
     shapes = backbone_feature_shapes(in_channels, image_size)
     with torch.device("meta"):
-        neck = build_neck(arch, in_channels, channels, repeats)
+        neck = build_neck(arch, in_channels, channels, repeats, norm_layer=norm_layer)
         inputs = [torch.empty(shape) for shape in shapes]
     projection = count_params(neck.projections if hasattr(neck, "projections") else neck.fpn.inner_blocks)
     conv3x3 = sum(1 for m in neck.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))

@@ -26,11 +26,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from evo_fpn.errors import DatasetError
+
 RESIZE_MODES = ("plain", "letterbox")
-
-
-class DatasetError(Exception):
-    """A dataset the loader cannot use; the message names the file and the fix."""
 
 
 @dataclass

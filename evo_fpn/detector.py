@@ -224,6 +224,17 @@ class Detector(nn.Module):
         return self.retina.compute_loss(targets, self.retina.head(feats), anchors)
 
 
+def neck_norm_layer(
+    arch: ArchSpec | str, neck_norm: str, fpn_norm: str | None = None
+) -> Callable[[int], nn.Module] | None:
+    """The ``norm_layer`` :func:`~evo_fpn.neck.build_neck` gets for ``arch``: ``neck_norm`` for
+    our cells; for torchvision's FPN ``fpn_norm``, or by default ``neck_norm`` except that
+    BatchNorm keeps the baseline norm-free, as torchvision ships it."""
+    if arch == "torchvision_fpn":  # torchvision's FPN takes None for "no norm"
+        return norm_factory(fpn_norm if fpn_norm is not None else ("none" if neck_norm == "batch" else neck_norm))
+    return norm_factory(neck_norm) or no_norm  # our neck takes None for "its default, BatchNorm"
+
+
 def build_detector(
     arch: ArchSpec | str,
     *,
@@ -247,16 +258,12 @@ def build_detector(
     """A RetinaNet for ``arch`` (a spec, ``"published"``, ``"fpn"`` or ``"torchvision_fpn"``).
 
     ``with_backbone=False`` builds only neck + head (for training on cached features);
-    the backbone's C3..C5 channels still come from ``backbone``. ``fpn_norm`` is the norm of
-    torchvision's FPN; ``None`` follows ``neck_norm``, except that BatchNorm keeps the baseline
-    norm-free, as torchvision ships it. ``anytime``: see :class:`Detector`.
+    the backbone's C3..C5 channels still come from ``backbone``. Norms: :func:`neck_norm_layer`;
+    ``anytime``: see :class:`Detector`.
     """
     body = Backbone(backbone, weights_path=weights_path)
     channels = body.out_channels
-    if arch == "torchvision_fpn":  # torchvision's FPN takes None for "no norm"
-        norm = norm_factory(fpn_norm if fpn_norm is not None else ("none" if neck_norm == "batch" else neck_norm))
-    else:  # our neck takes None for "its default, BatchNorm"
-        norm = norm_factory(neck_norm) or no_norm
+    norm = neck_norm_layer(arch, neck_norm, fpn_norm)
     neck = build_neck(arch, channels, width, repeats, norm_layer=norm)
     return Detector(
         backbone=body if with_backbone else None,

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-METRIC_NAMES: tuple[str, ...] = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-"""The first six entries of ``COCOeval.stats``, in order."""
+from evo_fpn.record import AP_METRICS as METRIC_NAMES  # the first six entries of COCOeval.stats, in order
 
 
 def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float]:

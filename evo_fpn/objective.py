@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
+from evo_fpn import record
+from evo_fpn.record import Reporter
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import ArchSpec
 
@@ -35,17 +37,40 @@ class SyntheticFailure(RuntimeError):
     """The synthetic task's stand-in for ``evo_fpn.proxy.TrialFailed`` (no torch import needed)."""
 
 
-METRIC_ATTRS: tuple[str, ...] = (
-    "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
-    "neck_params", "total_params", "neck_flops", "total_flops",
-)  # fmt: skip
+METRIC_ATTRS: tuple[str, ...] = record.REUSED
 """User attrs copied from the earlier trial when a duplicate architecture is re-used."""
 
 
 class Task(Protocol):
-    def prepare(self) -> None: ...
+    """What an objective is: prepared once per worker, then ``evaluate(spec, reporter) -> metrics``.
 
-    def evaluate(self, spec: ArchSpec, trial: optuna.Trial | None = None) -> dict[str, Any]: ...
+    It returns metrics (at least the study's value names, e.g. ``ap``) and never writes to a
+    trial; it reports intermediate values to ``reporter`` and raises ``optuna.TrialPruned``
+    when ``reporter.should_prune()`` says so. A task may also have ``costs(spec) -> metrics``
+    (parameters, FLOPs; counted without training), which the Objective records first."""
+
+    def prepare(self) -> Any: ...
+
+    def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]: ...
+
+
+class TrialReporter:
+    """The reporter the Objective hands a task: an Optuna trial's ``report``/``should_prune``,
+    and a pruned trial keeps its last AP as the ``ap`` user attr (its value is an early one)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.last: float | None = None
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+        self.last = float(value)
+
+    def should_prune(self) -> bool:
+        prune = self.trial.should_prune()
+        if prune and self.last is not None:
+            self.trial.set_user_attr("ap", self.last)
+        return prune
 
 
 def worker_id() -> str:
@@ -102,7 +127,7 @@ class SyntheticTask:
         raw = 0.15 + 0.12 * attention + 0.15 * deep + 0.06 * fine + 2 * self.noise * offset
         return float(min(max(raw, 0.0), 1.0))
 
-    def evaluate(self, spec: ArchSpec, trial: optuna.Trial | None = None) -> dict[str, Any]:
+    def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         h = spec.canonical_hash()
         if self.fail_fraction and int(h[8:16], 16) / 0xFFFFFFFF < self.fail_fraction:
             raise SyntheticFailure("synthetic failure (loss became NaN)")
@@ -111,9 +136,9 @@ class SyntheticTask:
         for step in range(self.steps):
             if self.sleep:
                 time.sleep(self.sleep / self.steps)
-            if trial is not None:
-                trial.report(ap * math.sqrt((step + 1) / self.steps), step)
-                if trial.should_prune():
+            if reporter is not None:
+                reporter.report(ap * math.sqrt((step + 1) / self.steps), step)
+                if reporter.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {step}")
         metrics: dict[str, Any] = {
             "ap": ap,
@@ -125,9 +150,6 @@ class SyntheticTask:
             "train_seconds": time.perf_counter() - t0,
             "eval_seconds": 0.0,
         }
-        if trial is not None:
-            for key, value in metrics.items():
-                trial.set_user_attr(key, value)
         return metrics
 
 
@@ -138,7 +160,11 @@ class Objective:
     their message becomes the ``fail_reason`` user attr, and the runner passes the same types
     to ``study.optimize(catch=...)`` so the worker goes on. ``on_start`` runs first thing in
     every trial (the runner releases its budget lock there, once the trial exists).
-    ``artifact_store``: where the architecture picture is uploaded.
+    ``artifact_store``: where the architecture picture is uploaded. ``value_names``: the
+    metrics that are the study's values (:func:`evo_fpn.record.study_values`); with more than
+    one, the task gets no reporter (Optuna cannot prune multi-objective trials).
+
+    This is the one layer that writes a trial's record (:mod:`evo_fpn.record`).
     """
 
     def __init__(
@@ -150,6 +176,8 @@ class Objective:
         dedup: bool = True,
         artifact_store: Any | None = None,
         on_start: Callable[[], None] | None = None,
+        value_names: tuple[str, ...] = ("ap",),
+        objective_name: str | None = None,
     ) -> None:
         if not isinstance(space, NasFpnSpace):
             raise TypeError("space must be a NasFpnSpace")
@@ -161,16 +189,21 @@ class Objective:
         self.dedup = dedup
         self.artifact_store = artifact_store
         self.on_start = on_start
+        self.value_names = tuple(value_names)
+        record.directions(self.value_names)  # unknown names fail here, not in the first trial
+        self.objective_name = objective_name
         self.worker = worker_id()
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.on_start is not None:
             self.on_start()
-        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr(record.WORKER, self.worker)
+        if self.objective_name is not None:
+            trial.set_user_attr(record.OBJECTIVE, self.objective_name)
         spec = self.space.suggest(trial)
         spec_hash = spec.canonical_hash()
-        trial.set_user_attr("spec", spec.to_json())
-        trial.set_user_attr("spec_hash", spec_hash)
+        trial.set_user_attr(record.SPEC, spec.to_json())
+        trial.set_user_attr(record.SPEC_HASH, spec_hash)
         if self.artifact_store is not None:
             from evo_fpn.report import attach_architecture
 
@@ -179,30 +212,37 @@ class Objective:
             earlier = find_duplicate(trial.study, spec_hash, trial.number)
             if earlier is not None:
                 return reuse(trial, earlier)
+        reporter = TrialReporter(trial) if len(self.value_names) == 1 else record.NoReporter()
         try:
-            metrics = self.task.evaluate(spec, trial)
+            costs = getattr(self.task, "costs", None)  # no-compute counts: a pruned trial has them too
+            if costs is not None:
+                record.write_metrics(trial, costs(spec))
+            metrics = self.task.evaluate(spec, reporter)
         except self.failures as exc:
-            trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
+            trial.set_user_attr(record.FAIL_REASON, str(exc) or type(exc).__name__)
             raise
-        return float(metrics["ap"])
+        record.write_metrics(trial, metrics)
+        return record.study_values(metrics, self.value_names)
 
 
 def find_duplicate(study: optuna.Study, spec_hash: str, number: int) -> optuna.trial.FrozenTrial | None:
     """The earliest COMPLETE, non-cached trial of ``study`` with this canonical hash."""
     done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
     for t in sorted(done, key=lambda t: t.number):
-        if t.number != number and t.user_attrs.get("spec_hash") == spec_hash and "cached_from" not in t.user_attrs:
+        attrs = t.user_attrs
+        if t.number != number and attrs.get(record.SPEC_HASH) == spec_hash and record.CACHED_FROM not in attrs:
             return t
     return None
 
 
-def reuse(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
-    """Copy ``earlier``'s metrics and learning curve into ``trial``; return its value."""
+def reuse(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float | list[float]:
+    """Copy ``earlier``'s metrics and learning curve into ``trial``; return its value(s)."""
     for key in METRIC_ATTRS:
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
-    trial.set_user_attr("cached_from", earlier.number)
-    for step, value in sorted(earlier.intermediate_values.items()):
-        trial.report(value, step)
-    assert earlier.value is not None
-    return float(earlier.value)
+    trial.set_user_attr(record.CACHED_FROM, earlier.number)
+    if len(earlier.values) == 1:  # Optuna refuses intermediate values in multi-objective studies
+        for step, value in sorted(earlier.intermediate_values.items()):
+            trial.report(value, step)
+        return float(earlier.values[0])
+    return [float(v) for v in earlier.values]

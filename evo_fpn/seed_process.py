@@ -14,11 +14,11 @@ import os
 import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from evo_fpn.proxy import ProxyConfig, ProxyTask, TrialFailed
+from evo_fpn.errors import TrialFailed
+from evo_fpn.proxy import ProxyConfig, ProxyTask
 from evo_fpn.spec import ArchSpec
 
 
@@ -33,9 +33,6 @@ class Relay:
 
     def should_prune(self) -> bool:
         return False
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        pass
 
 
 def train_seeds(

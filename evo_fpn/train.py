@@ -21,14 +21,10 @@ from typing import Any
 
 import torch
 
-from evo_fpn.cli import UsageError, guard, register_user_error
-from evo_fpn.data import DatasetError
+from evo_fpn.cli import UsageError, guard
 from evo_fpn.evaluate import METRIC_NAMES
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, TrialFailed
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
 from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
-
-register_user_error(DatasetError)
-register_user_error(TrialFailed)
 
 NAMED = (*REFERENCE_SPECS, "torchvision_fpn")
 
@@ -108,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
-    task = ProxyTask(config, device=args.device, progress=not args.no_progress, threads=args.threads)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    task = ProxyTask(config, device=args.device, progress=not args.no_progress)
     task.prepare()
-    metrics = task.evaluate(arch)
-    torch.save(task.last_model.state_dict(), out / "model.pt")
+    model, metrics = task.fit(arch)
+    torch.save(model.state_dict(), out / "model.pt")
     record = {k: v for k, v in metrics.items() if k != "history"}
     record.update(arch=name, config=config.to_dict(), history=[list(h) for h in metrics["history"]])
+    if isinstance(arch, ArchSpec):
+        record.update(spec=arch.to_json(), spec_hash=arch.canonical_hash())
+    else:
+        record.update(spec=arch, spec_hash=arch)
     (out / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     if isinstance(arch, ArchSpec):
         (out / "spec.json").write_text(arch.to_json(indent=2))

@@ -1,10 +1,10 @@
 """Make real, small studies with the project for the dashboard and figure tests.
 
 :func:`run_study` runs the real runner (``python -m evo_fpn.run``) on its synthetic
-objective. :func:`make_study` searches with the project's space and sampler, counts each
-neck's params and FLOPs with :mod:`evo_fpn.cost` and writes the user-attr contract and the
-architecture artifact itself; only its AP is synthetic (a fixed function of the
-architecture plus a per-trial jitter). Both take seconds instead of hours of training.
+objective. :func:`make_study` searches with the project's space, sampler and Objective (dedup,
+record, architecture artifacts) on :class:`CostedSyntheticTask`: real neck params and FLOPs
+from :mod:`evo_fpn.cost`, a synthetic AP (a fixed function of the architecture plus a jitter).
+Both take seconds instead of hours of training.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from typing import Any
 import optuna
 
 from evo_fpn import cost
-from evo_fpn.report import attach_architecture, make_artifact_store
+from evo_fpn.objective import Objective
+from evo_fpn.report import make_artifact_store
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import ArchSpec
 
@@ -52,19 +53,42 @@ def synthetic_ap(spec: ArchSpec, number: int) -> float:
     return round(min(1.0, 0.15 + 0.025 * gp + 0.02 * deep + 0.01 * jitter), 6)
 
 
+class CostedSyntheticTask:
+    """An objective for :class:`evo_fpn.objective.Objective`: real neck costs (:mod:`evo_fpn.cost`),
+    a synthetic AP (:func:`synthetic_ap`, jittered by the evaluation count) reported at two steps."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prepare(self) -> None:
+        pass
+
+    def costs(self, spec: ArchSpec) -> dict[str, int]:
+        costs = cost.neck_cost(spec, PROXY_BACKBONE, PROXY_CHANNELS, PROXY_REPEATS, PROXY_IMAGE)
+        return {"neck_params": costs["neck_params"], "neck_flops": costs["neck_flops"]}
+
+    def evaluate(self, spec: ArchSpec, reporter: Any = None) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        costs = self.costs(spec)
+        ap = synthetic_ap(spec, self.calls)
+        self.calls += 1
+        for step, frac in enumerate((0.5, 0.8)):
+            if reporter is not None:
+                reporter.report(ap * frac, step)
+                if reporter.should_prune():
+                    raise optuna.TrialPruned()
+        metrics: dict[str, Any] = {"ap": ap, "neck_params": costs["neck_params"], "neck_flops": costs["neck_flops"]}
+        for key, scale in (("ap50", 1.6), ("ap75", 1.05), ("ap_small", 0.5), ("ap_medium", 1.1), ("ap_large", 1.3)):
+            metrics[key] = round(min(1.0, ap * scale), 6)
+        metrics.update(train_seconds=time.perf_counter() - t0, eval_seconds=0.0, images_per_s=0.0)
+        return metrics
+
+
 def _sampler(name: str, seed: int, space: NasFpnSpace) -> tuple[optuna.samplers.BaseSampler, str]:
     """The project's sampler ``name`` (small population for evolution); the name says what ran."""
     settings = {"population_size": 8, "sample_size": 3} if name == "evolution" else {}
-    try:
-        from evo_fpn.samplers import make_sampler
-    except ImportError:  # make_sampler not landed yet: build the two we can
-        if name == "evolution":
-            from evo_fpn.samplers import AgingEvolutionSampler
+    from evo_fpn.samplers import make_sampler
 
-            return AgingEvolutionSampler(seed=seed, constraints=space, **settings), name
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed), name
-        raise
     return make_sampler(name, seed=seed, constraints=space, **settings), name
 
 
@@ -101,39 +125,7 @@ def make_study(
     for spec in enqueue:
         study.enqueue_trial(space.encode(spec))
     store = make_artifact_store(artifact_dir) if artifact_dir is not None else None
-    seen: dict[str, tuple[int, dict[str, Any]]] = {}  # hash -> (trial number, its metrics)
-
-    def objective(trial: optuna.Trial) -> float:
-        spec = space.suggest(trial)
-        h = spec.canonical_hash()
-        trial.set_user_attr("spec", spec.to_json())
-        trial.set_user_attr("spec_hash", h)
-        if store is not None:
-            attach_architecture(trial, spec, store)
-        if h in seen:  # as the runner does: copy the metrics, say where from
-            number, metrics = seen[h]
-            trial.set_user_attr("cached_from", number)
-            for key, value in metrics.items():
-                trial.set_user_attr(key, value)
-            return metrics["ap"]
-        t0 = time.perf_counter()
-        costs = cost.neck_cost(spec, PROXY_BACKBONE, PROXY_CHANNELS, PROXY_REPEATS, PROXY_IMAGE)
-        trial.set_user_attr("neck_params", costs["neck_params"])
-        trial.set_user_attr("neck_flops", costs["neck_flops"])
-        ap = synthetic_ap(spec, trial.number)
-        for step, frac in enumerate((0.5, 0.8)):
-            trial.report(ap * frac, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        metrics: dict[str, Any] = {"ap": ap, **{k: v for k, v in costs.items() if k.startswith("neck_")}}
-        for key, scale in (("ap50", 1.6), ("ap75", 1.05), ("ap_small", 0.5), ("ap_medium", 1.1), ("ap_large", 1.3)):
-            metrics[key] = round(min(1.0, ap * scale), 6)
-        metrics.update(train_seconds=time.perf_counter() - t0, eval_seconds=0.0, images_per_s=0.0)
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        seen[h] = (trial.number, metrics)
-        return ap
-
+    objective = Objective(space=space, task=CostedSyntheticTask(), dedup=True, artifact_store=store)
     study.optimize(objective, n_trials=n_trials)
     return study
 

@@ -15,8 +15,11 @@ import pytest
 import torch
 
 from evo_fpn.cli import UsageError
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask, TrialFailed
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.errors import TrialFailed
+from evo_fpn.objective import Objective
+from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
+from evo_fpn.space import NasFpnSpace
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
 
 TINY = ProxyConfig(
     digits_train=32,
@@ -37,7 +40,17 @@ TINY = ProxyConfig(
 @pytest.fixture(scope="module")
 def task(tmp_path_factory: pytest.TempPathFactory) -> ProxyTask:
     cache = tmp_path_factory.mktemp("cache")
-    return ProxyTask(TINY, device="cpu", progress=False, cache_dir=cache, threads=1).prepare()
+    torch.set_num_threads(1)
+    return ProxyTask(TINY, device="cpu", progress=False, cache_dir=cache).prepare()
+
+
+def run_trial(study: optuna.Study, task: ProxyTask, spec: ArchSpec) -> optuna.trial.FrozenTrial:
+    """One trial of ``spec`` through the runner's Objective (reporter, record, failures)."""
+    space = NasFpnSpace()
+    study.enqueue_trial(space.encode(spec))
+    objective = Objective(space=space, task=task, failures=(TrialFailed,), dedup=False)
+    study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+    return study.trials[-1]
 
 
 def test_training_lowers_the_loss_and_is_reproducible(task: ProxyTask) -> None:
@@ -50,9 +63,7 @@ def test_training_lowers_the_loss_and_is_reproducible(task: ProxyTask) -> None:
 
 
 def test_intermediate_ap_and_user_attrs_in_a_real_study(task: ProxyTask) -> None:
-    study = optuna.create_study(direction="maximize")
-    study.optimize(lambda t: task.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
-    trial = study.trials[0]
+    trial = run_trial(optuna.create_study(direction="maximize"), task, PUBLISHED_NASFPN)
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert len(trial.intermediate_values) == 2  # one mid-training report, then the final one
     attrs = trial.user_attrs
@@ -67,37 +78,31 @@ def test_intermediate_ap_and_user_attrs_in_a_real_study(task: ProxyTask) -> None
 
 def test_pruner_stops_the_trial(task: ProxyTask) -> None:
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
-    study.optimize(lambda t: task.evaluate(FPN_LIKE, t)["ap"], n_trials=1)
-    trial = study.trials[0]
+    trial = run_trial(study, task, FPN_LIKE)
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert len(trial.intermediate_values) == 1
+    assert trial.user_attrs["ap"] == trial.intermediate_values[min(trial.intermediate_values)]
 
 
 def test_non_finite_loss_fails_the_trial_cleanly(tmp_path: Path, task: ProxyTask) -> None:
-    bad = ProxyTask(TINY.replace(lr=1e30), device="cpu", progress=False, cache_dir=task.cache_dir)
-    bad._train, bad._val = task._train, task._val  # same data; only the trial's lr differs
-    bad._backbone_state, bad._backbone_flops, bad._num_classes = (
-        task._backbone_state,
-        task._backbone_flops,
-        task._num_classes,
-    )
-    study = optuna.create_study(direction="maximize")
-    study.optimize(lambda t: bad.evaluate(FPN_LIKE, t)["ap"], n_trials=1, catch=(TrialFailed,))
-    trial = study.trials[0]
+    bad = ProxyTask(TINY.replace(lr=1e30), progress=False, store=task.store)  # same data; only the lr differs
+    trial = run_trial(optuna.create_study(direction="maximize"), bad, FPN_LIKE)
     assert trial.state == optuna.trial.TrialState.FAIL
     assert "non-finite loss" in trial.user_attrs["fail_reason"]
 
 
 def test_several_seeds_score_their_mean_and_report_every_seed(task: ProxyTask) -> None:
     def sibling(**changes: object) -> ProxyTask:  # 16 epochs: the first AP above 0 on this tiny data
-        return ProxyTask(TINY.replace(epochs=16.0, **changes), device="cpu", progress=False, cache_dir=task.cache_dir)
+        return ProxyTask(
+            TINY.replace(epochs=16.0, **changes), device="cpu", progress=False, cache_dir=task.store.cache_dir
+        )
 
-    study = optuna.create_study(direction="maximize")
-    study.optimize(lambda t: sibling(seeds=2).evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
-    trial = study.trials[0]
+    trial = run_trial(optuna.create_study(direction="maximize"), sibling(seeds=2), PUBLISHED_NASFPN)
     seeds = trial.user_attrs["ap_seeds"]
-    assert seeds == [sibling().evaluate(PUBLISHED_NASFPN)["ap"], sibling(seed=1).evaluate(PUBLISHED_NASFPN)["ap"]]
-    assert seeds[0] != seeds[1] and min(seeds) > 0  # two real trainings, not one counted twice
+    alone = [sibling().evaluate(PUBLISHED_NASFPN), sibling(seed=1).evaluate(PUBLISHED_NASFPN)]
+    assert seeds == [alone[0]["ap"], alone[1]["ap"]]
+    # two real trainings, not one counted twice (their losses differ on any CPU; their APs may both be 0)
+    assert alone[0]["last_loss"] != alone[1]["last_loss"]
     assert trial.value == trial.user_attrs["ap"] == pytest.approx((seeds[0] + seeds[1]) / 2)
     # 2 reports per seed; seed 1's follow seed 0's, and the last one is the mean.
     steps = sorted(trial.intermediate_values)
@@ -106,15 +111,15 @@ def test_several_seeds_score_their_mean_and_report_every_seed(task: ProxyTask) -
 
 
 def test_backbone_cache_is_shared(task: ProxyTask) -> None:
-    path = task.cache_path()
+    path = task.store.cache_path()
     stamp = path.stat().st_mtime_ns
-    other = ProxyTask(TINY.replace(seed=5, epochs=2.0), device="cpu", progress=False, cache_dir=task.cache_dir)
-    assert other.cache_path() == path  # the trial's own settings do not change the backbone
+    other = ProxyTask(TINY.replace(seed=5, epochs=2.0), device="cpu", progress=False, cache_dir=task.store.cache_dir)
+    assert other.store.cache_path() == path  # the trial's own settings do not change the backbone
     other.prepare()
     assert path.stat().st_mtime_ns == stamp
     meta = task.cache_meta()
     assert meta["stage_seconds"] > 0 and 0.0 <= meta["stage_ap"] <= 1.0
-    assert not [p for p in task.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
+    assert not [p for p in task.store.cache_dir.iterdir() if p.name.startswith(".backbone-") and p.suffix != ".lock"]
 
 
 def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
@@ -156,17 +161,22 @@ def two_threads():  # type: ignore[no-untyped-def]
 
 def test_seeds_side_by_side_score_exactly_as_one_after_the_other(task: ProxyTask, two_threads: None) -> None:
     config = TINY.replace(epochs=16.0, seeds=2)
-    side = ProxyTask(config, device="cpu", progress=False, cache_dir=task.cache_dir)
+    side = ProxyTask(config, device="cpu", progress=False, cache_dir=task.store.cache_dir)
     assert side.seed_processes() == 2  # 2 threads, 2 seeds: two processes with 1 thread each
     study = optuna.create_study(direction="maximize")
-    study.optimize(lambda t: side.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    run_trial(study, side, PUBLISHED_NASFPN)
+    side_metrics = side.evaluate(PUBLISHED_NASFPN)
     torch.set_num_threads(1)
-    turn = ProxyTask(config, device="cpu", progress=False, cache_dir=task.cache_dir)
+    turn = ProxyTask(config, device="cpu", progress=False, cache_dir=task.store.cache_dir)
     assert turn.seed_processes() == 1
-    study.optimize(lambda t: turn.evaluate(PUBLISHED_NASFPN, t)["ap"], n_trials=1)
+    run_trial(study, turn, PUBLISHED_NASFPN)
+    turn_metrics = turn.evaluate(PUBLISHED_NASFPN)
     a, b = study.trials
     assert a.state == b.state == optuna.trial.TrialState.COMPLETE
-    assert a.user_attrs["ap_seeds"] == b.user_attrs["ap_seeds"] and min(a.user_attrs["ap_seeds"]) > 0
+    assert a.user_attrs["ap_seeds"] == b.user_attrs["ap_seeds"]
+    # the same two trainings, bit for bit: losses of the first and last seed, every evaluation
+    for key in ("first_loss", "last_loss", "history", "ap_seeds"):
+        assert side_metrics[key] == turn_metrics[key], key
     assert a.intermediate_values == b.intermediate_values and len(a.intermediate_values) == 4
     assert a.user_attrs["threads"] == b.user_attrs["threads"] == 1
     assert _seed_processes() == []
@@ -174,15 +184,15 @@ def test_seeds_side_by_side_score_exactly_as_one_after_the_other(task: ProxyTask
 
 def test_seeds_side_by_side_prune_and_fail_cleanly(task: ProxyTask, two_threads: None) -> None:
     pruned = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01))
-    side = ProxyTask(TINY.replace(seeds=2), device="cpu", progress=False, cache_dir=task.cache_dir)
+    side = ProxyTask(TINY.replace(seeds=2), device="cpu", progress=False, cache_dir=task.store.cache_dir)
     assert side.seed_processes() == 2
-    pruned.optimize(lambda t: side.evaluate(FPN_LIKE, t)["ap"], n_trials=1)
+    run_trial(pruned, side, FPN_LIKE)
     assert pruned.trials[0].state == optuna.trial.TrialState.PRUNED
     assert len(pruned.trials[0].intermediate_values) == 1  # the first report stopped both seeds
     failed = optuna.create_study(direction="maximize")
-    bad = ProxyTask(TINY.replace(seeds=2, lr=1e30), device="cpu", progress=False, cache_dir=task.cache_dir)
-    shutil.copy(task.cache_path(), bad.cache_path())  # the good backbone; only the trial's lr is bad
-    failed.optimize(lambda t: bad.evaluate(FPN_LIKE, t)["ap"], n_trials=1, catch=(TrialFailed,))
+    bad = ProxyTask(TINY.replace(seeds=2, lr=1e30), device="cpu", progress=False, cache_dir=task.store.cache_dir)
+    shutil.copy(task.store.cache_path(), bad.store.cache_path())  # the good backbone; only the trial's lr is bad
+    run_trial(failed, bad, FPN_LIKE)
     assert failed.trials[0].state == optuna.trial.TrialState.FAIL
     assert "non-finite loss" in failed.trials[0].user_attrs["fail_reason"]
     assert _seed_processes() == []
@@ -205,7 +215,7 @@ def _unguarded_script(path: Path, config: ProxyConfig, cache_dir: Path) -> Path:
 
 def test_seeds_side_by_side_work_from_a_script_without_a_main_guard(task: ProxyTask, tmp_path: Path) -> None:
     # multiprocessing's spawn would re-run this script in every child; seed processes must not.
-    script = _unguarded_script(tmp_path / "unguarded.py", TINY.replace(seeds=2), task.cache_dir)
+    script = _unguarded_script(tmp_path / "unguarded.py", TINY.replace(seeds=2), task.store.cache_dir)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("ap_seeds") == 1
@@ -213,7 +223,7 @@ def test_seeds_side_by_side_work_from_a_script_without_a_main_guard(task: ProxyT
 
 def test_seed_processes_stop_when_their_trial_process_is_killed(task: ProxyTask, tmp_path: Path) -> None:
     long = TINY.replace(seeds=2, epochs=5000.0)
-    script = _unguarded_script(tmp_path / "long.py", long, task.cache_dir)
+    script = _unguarded_script(tmp_path / "long.py", long, task.store.cache_dir)
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -265,14 +275,14 @@ def test_config_identity_and_checks() -> None:
 def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import evo_fpn.proxy as proxy
+    import evo_fpn.training as training
     from evo_fpn.data import load_dataset
     from evo_fpn.digits import build_digits
 
     _, val = load_dataset(build_digits(TINY.digits_config(), root=tmp_path))
-    in_memory = proxy._load_inputs(val, 64, "plain", False)
-    monkeypatch.setattr(proxy, "MEMORY_LIMIT_BYTES", 0)
-    lazy = proxy._load_inputs(val, 64, "plain", False)
+    in_memory = training.load_inputs(val, 64, "plain", False)
+    monkeypatch.setattr(training, "MEMORY_LIMIT_BYTES", 0)
+    lazy = training.load_inputs(val, 64, "plain", False)
     assert lazy.images is None and in_memory.images is not None
     cpu = torch.device("cpu")
     (xa, ta), (xb, tb) = in_memory.batch([0, 3, 5], cpu), lazy.batch([0, 3, 5], cpu)
@@ -289,14 +299,14 @@ def test_paper_preset_needs_a_dataset(tmp_path: Path) -> None:
 
 # -- the cells-issue settings: each changes what it says and nothing else -------------------------
 def test_norm_recalibration_changes_statistics_not_weights(task: ProxyTask) -> None:
-    from evo_fpn.proxy import recalibrate_norms
+    from evo_fpn.training import recalibrate_norms
 
     model = task.build(PUBLISHED_NASFPN)
     norms = [m for m in model.neck.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     was = model.training
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
     before = [m.running_mean.clone() for m in norms]
-    assert recalibrate_norms(model, task._train, batches=3, config=TINY, device=task.device) == len(norms) > 0
+    assert recalibrate_norms(model, task.store.train, batches=3, config=TINY, device=task.device) == len(norms) > 0
     assert all(int(m.num_batches_tracked) == 3 and m.momentum == 0.1 for m in norms)
     assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
@@ -309,7 +319,7 @@ def test_anytime_averages_the_losses_of_every_repeat(task: ProxyTask) -> None:
 
     model = build_detector(PUBLISHED_NASFPN, num_classes=task.num_classes, image_size=64, with_backbone=False,
                            width=16, repeats=2, head_depth=1, anytime=True)  # fmt: skip
-    feats, targets = task._train.batch([0, 1], torch.device("cpu"))
+    feats, targets = task.store.train.batch([0, 1], torch.device("cpu"))
     model.train()
     mixed = model.forward_features(feats, targets)
     per_repeat = [model._loss(list(p.values()), targets) for p in model.neck.forward_repeats(feats)]
@@ -346,11 +356,11 @@ def test_fpn_norm_puts_a_norm_into_torchvisions_fpn_only() -> None:
 
 
 def test_no_norm_decay_decays_conv_weights_only(task: ProxyTask) -> None:
-    from evo_fpn.proxy import _optimizer
+    from evo_fpn.training import make_optimizer
 
     model = task.build(PUBLISHED_NASFPN)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, _ = _optimizer(params, TINY.replace(norm_decay=False), 10)
+    opt, _ = make_optimizer(params, TINY.replace(norm_decay=False), 10)
     decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
     assert len(decayed) == 1 and all(p.ndim > 1 for p in decayed[0]["params"])
     assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
