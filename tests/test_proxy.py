@@ -364,3 +364,57 @@ def test_no_norm_decay_decays_conv_weights_only(task: ProxyTask) -> None:
     decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
     assert len(decayed) == 1 and all(p.ndim > 1 for p in decayed[0]["params"])
     assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+
+
+# -- the backbone cache key covers everything the stage reads -------------------------------------
+OTHER_VALUES: dict[str, object] = {
+    "data": "/no/such/dataset", "train_split": "train2017", "val_split": "val2017", "digits_train": 33,
+    "digits_val": 17, "digits_min_scale": 9, "digits_max_scale": 40, "digits_seed": 1, "image_size": 96,
+    "resize": "letterbox", "backbone": "resnet18", "backbone_weights": "/w.pt", "backbone_mode": "end_to_end",
+    "backbone_epochs": 2.0, "backbone_seed": 1, "width": 32, "repeats": 2, "neck_norm": "group", "fpn_norm": "batch",
+    "norm_recal_batches": 3, "anytime": True, "norm_decay": False, "head_depth": 2, "head_norm": "batch",
+    "anchor_sizes": (4.0, 8.0, 16.0, 32.0, 64.0), "anchor_scales": (1.0,), "aspect_ratios": (1.0,), "epochs": 5.0,
+    "batch_size": 4, "optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "warmup_fraction": 0.1,
+    "clip_grad": 1.0, "seed": 3, "seeds": 2, "reports": 1, "score_thresh": 0.1, "nms_thresh": 0.6,
+    "detections_per_img": 50,
+}  # fmt: skip
+
+
+def test_every_setting_the_stage_can_read_is_in_the_backbone_key() -> None:
+    import dataclasses
+
+    from evo_fpn.proxy_config import STAGE_FIELDS
+
+    names = {f.name for f in dataclasses.fields(ProxyConfig)}
+    assert set(OTHER_VALUES) == names, "classify the new ProxyConfig field here: give it another valid value"
+    base = TINY.replace(data=None)
+    for name, value in OTHER_VALUES.items():
+        other = base.replace(**{name: value})
+        key = (lambda c: c.backbone_key()) if name not in ("data", "train_split", "val_split") else None
+        if other.stage_config() != base.stage_config():  # the stage would train something else ...
+            assert name in STAGE_FIELDS
+            if key is not None:  # (a user dataset's key needs the folder to exist)
+                assert key(other) != key(base), f"{name} changes the stage but not its cache key"
+        else:  # ... or exactly the same thing, whatever the trial's setting
+            assert name not in STAGE_FIELDS and key is not None and key(other) == key(base), name
+    # the defect this guards against: a trial's neck norm used to change the stand-in FPN
+    quick = PRESETS["quick"]
+    assert quick.replace(neck_norm="group").stage_config() == quick.stage_config()
+
+
+def test_the_stage_is_built_from_the_stage_config_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import evo_fpn.features as features
+
+    seen: list[ProxyConfig] = []
+
+    def fake_stage(config: ProxyConfig, *args: object, **kwargs: object) -> dict[str, object]:
+        seen.append(config)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(features, "build_stage", fake_stage)
+    trial_settings = TINY.replace(neck_norm="group", repeats=2, epochs=7.0, norm_decay=False, seed=4)
+    with pytest.raises(RuntimeError, match="stop here"):
+        features.FeatureStore(trial_settings, device="cpu", progress=False, cache_dir=tmp_path).prepare()
+    assert seen == [trial_settings.stage_config()] == [TINY.stage_config()]
+    assert (seen[0].neck_norm, seen[0].repeats, seen[0].epochs, seen[0].norm_decay) == ("batch", 3, 16.0, True)  # defaults
+    assert not list(tmp_path.glob("backbone-*.pt"))  # nothing half-written
