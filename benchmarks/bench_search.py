@@ -24,6 +24,7 @@ import numpy as np
 import optuna
 
 from benchmarks.landscape import Landscape
+from evo_fpn.analysis import best_so_far
 from evo_fpn.samplers import make_sampler
 from evo_fpn.space import NasFpnSpace
 
@@ -56,7 +57,7 @@ def run_one(config: str, seed: int, n_trials: int) -> tuple[list[float], float, 
     study.optimize(objective, n_trials=n_trials)
     seconds = time.perf_counter() - t0
     values = [float(t.value) for t in study.trials]
-    return list(np.maximum.accumulate(values)), seconds, values
+    return best_so_far(values, study.direction).tolist(), seconds, values
 
 
 def first_reach(curve: np.ndarray, target: float) -> int | None:

@@ -1,8 +1,9 @@
 """Compare finished studies: ``python -m evo_fpn.compare STUDY... [--storage URL]``.
 
 Prints one row per study (sampler, finished trials, best AP, best AP after the same number
-of trials for every study, time). Studies are only comparable when they measured the same
-thing, so studies with different fingerprints (proxy task or search space) are refused.
+of trials for every study, time), best first; "best" follows each study's direction. Studies
+are only comparable when they measured the same thing, so studies with different fingerprints
+(proxy task or search space) are refused.
 
 Without ``--storage`` each study is read from its default place, ``studies/NAME.db``
 (or ``$EVO_FPN_STORAGE``).
@@ -10,18 +11,19 @@ Without ``--storage`` each study is read from its default place, ``studies/NAME.
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn import storage as st
+from evo_fpn.analysis import FINISHED, best_so_far, objective_value, rank_key
 from evo_fpn.cli import ArgumentParser, UsageError, guard
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class StudyRow:
     best_ap: float | None
     curve: tuple[float | None, ...]  # best AP after 1, 2, ... finished trials (completion order)
     seconds: float
+    direction: StudyDirection = StudyDirection.MAXIMIZE
 
     def best_after(self, n: int) -> float | None:
         return self.curve[n - 1] if 0 < n <= len(self.curve) else None
@@ -45,12 +48,8 @@ class StudyRow:
 def study_row(study: optuna.Study) -> StudyRow:
     trials = study.get_trials(deepcopy=False)
     finished = sorted((t for t in trials if t.state in FINISHED), key=_completed_at)
-    curve: list[float | None] = []
-    best: float | None = None
-    for t in finished:
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            best = t.value if best is None else max(best, t.value)
-        curve.append(best)
+    direction = study.directions[0]
+    curve = [None if math.isnan(v) else v for v in best_so_far(map(objective_value, finished), direction).tolist()]
     starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
     seconds = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
@@ -66,9 +65,10 @@ def study_row(study: optuna.Study) -> StudyRow:
         budget=attrs.get("n_trials"),
         finished=len(finished),
         failed=sum(t.state == TrialState.FAIL for t in trials),
-        best_ap=best,
+        best_ap=curve[-1] if curve else None,
         curve=tuple(curve),
         seconds=seconds,
+        direction=direction,
     )
 
 
@@ -111,7 +111,7 @@ def format_table(rows: Sequence[StudyRow]) -> str:
     at = min((r.finished for r in rows), default=0)
     head = ("study", "sampler", "trials", "failed", "best AP", f"best AP @{at}", "time")
     body = []
-    for r in sorted(rows, key=lambda r: -(r.best_after(at) or -1.0)):
+    for r in sorted(rows, key=lambda r: rank_key(r.best_after(at), r.direction)):
         trials = f"{r.finished}/{r.budget}" if r.budget else str(r.finished)
         body.append(
             (r.name, r.sampler, trials, str(r.failed), _ap(r.best_ap), _ap(r.best_after(at)), _duration(r.seconds))

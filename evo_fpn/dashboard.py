@@ -30,6 +30,7 @@ import plotly.offline
 from optuna.trial import TrialState
 
 from evo_fpn import figures
+from evo_fpn.analysis import rank_key
 from evo_fpn.cli import ArgumentParser, UsageError, guard
 from evo_fpn.figures import StudyData
 from evo_fpn.storage import mask_url
@@ -146,7 +147,7 @@ def compare_page(studies: Sequence[StudyData]) -> str:
         tops = [(d.best(1)[0], d) for d in members if d.best(1)]
         if not tops:
             continue
-        t, d = max(tops, key=lambda td: (td[0].ap, -td[0].number))
+        t, d = min(tops, key=lambda td: (rank_key(td[0].ap, td[1].direction), td[0].number))
         spec = d.spec(t)
         if spec is None:
             continue

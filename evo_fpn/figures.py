@@ -5,6 +5,8 @@ so a page with many figures reads the storage once. Conventions shared by all fi
 
 * **AP** is the trial's ``ap`` user attr (COCO AP in [0, 1]) and, when that is missing, its
   first objective value.
+* **Best** follows the study's direction (``study.directions[0]``, the objective AP is):
+  highest for a maximised study, lowest for a minimised one (:mod:`evo_fpn.analysis`).
 * **Pruned trials are not in best-so-far curves nor in the Pareto front**: their value is an
   early AP (the last reported intermediate value), not comparable with a final AP. The AP vs
   FLOPs figure shows them as grey crosses labelled "pruned (early AP)".
@@ -29,8 +31,10 @@ from typing import Any
 import numpy as np
 import optuna
 import plotly.graph_objects as go
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from evo_fpn.analysis import best_so_far, pareto_front, rank_key
 from evo_fpn.draw import spec_to_svg
 from evo_fpn.space import NasFpnSpace, SpaceConfig
 from evo_fpn.spec import ArchSpec, SpecError
@@ -59,13 +63,14 @@ class TrialRow:
 
 @dataclass
 class StudyData:
-    """A snapshot of one study: its trials (by number), sampler group, seed and attrs."""
+    """A snapshot of one study: its trials (by number), directions, sampler group, seed and attrs."""
 
     name: str
     trials: list[TrialRow]
     sampler: str = "unknown"
     seed: int | None = None
     user_attrs: Mapping[str, Any] = field(default_factory=dict)
+    directions: tuple[StudyDirection, ...] = (StudyDirection.MAXIMIZE,)
     _space: NasFpnSpace | None = field(default=None, repr=False)
 
     @classmethod
@@ -101,10 +106,16 @@ class StudyData:
             sampler=sampler_name(attrs),
             seed=_as_int(_find(attrs, "seed")),
             user_attrs=attrs,
+            directions=tuple(study.directions),
             _space=space,
         )
 
     # -- derived facts ----------------------------------------------------------------
+    @property
+    def direction(self) -> StudyDirection:
+        """The direction of the AP objective (the study's first)."""
+        return self.directions[0]
+
     @property
     def finished(self) -> list[TrialRow]:
         return [t for t in self.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -114,9 +125,9 @@ class StudyData:
         return [t for t in self.trials if t.is_complete]
 
     def best(self, k: int = 1, *, distinct: bool = True) -> list[TrialRow]:
-        """The ``k`` complete trials with the highest AP (one per architecture if ``distinct``)."""
+        """The ``k`` complete trials with the best AP (one per architecture if ``distinct``)."""
         out, seen = [], set()
-        for t in sorted(self.complete, key=lambda r: (-r.ap, r.number)):  # type: ignore[operator]
+        for t in sorted(self.complete, key=lambda r: (rank_key(r.ap, self.direction), r.number)):
             h = self.spec_hash(t)
             if distinct and h is not None and h in seen:
                 continue
@@ -192,11 +203,10 @@ def best_so_far_by_trial(data: StudyData) -> tuple[np.ndarray, np.ndarray]:
     if not data.trials:
         return np.array([]), np.array([])
     n = data.trials[-1].number + 1
-    ap = np.full(n, np.nan)
+    ap: list[float | None] = [None] * n
     for t in data.complete:
         ap[t.number] = t.ap
-    best = np.fmax.accumulate(ap)
-    return np.arange(n), best
+    return np.arange(n), best_so_far(ap, data.direction)
 
 
 def best_so_far_by_time(data: StudyData) -> tuple[np.ndarray, np.ndarray]:
@@ -206,8 +216,7 @@ def best_so_far_by_time(data: StudyData) -> tuple[np.ndarray, np.ndarray]:
     if t0 is None or not done:
         return np.array([]), np.array([])
     hours = np.array([(t.complete - t0).total_seconds() / 3600.0 for t in done])  # type: ignore[operator]
-    best = np.maximum.accumulate(np.array([t.ap for t in done], dtype=float))
-    return hours, best
+    return hours, best_so_far([t.ap for t in done], data.direction)
 
 
 def _plain(values: np.ndarray) -> list[float | int | None]:
@@ -327,24 +336,14 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 # ---------------------------------------------------------------------------------------
 # AP vs FLOPs
 # ---------------------------------------------------------------------------------------
-def pareto_front(points: Sequence[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """Non-dominated ``(flops, ap, number)`` points: lower FLOPs and higher AP are better."""
-    front: list[tuple[float, float, int]] = []
-    best_ap = -math.inf
-    for flops, ap, number in sorted(points, key=lambda p: (p[0], -p[1], p[2])):
-        if ap > best_ap:
-            front.append((flops, ap, number))
-            best_ap = ap
-    return front
-
-
 def _flops(t: TrialRow) -> float | None:
     v = t.user_attrs.get("neck_flops")
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def ap_vs_flops_figure(data: StudyData) -> go.Figure | None:
-    """AP against neck GFLOPs per image, Pareto front marked; ``None`` without FLOPs attrs."""
+    """AP against neck GFLOPs per image, Pareto front (fewer FLOPs, better AP) marked; ``None``
+    without FLOPs attrs."""
     done = [(t, _flops(t)) for t in data.complete]
     done = [(t, f) for t, f in done if f is not None]
     pruned = [(t, _flops(t)) for t in data.trials if t.state == TrialState.PRUNED and t.ap is not None]
@@ -376,7 +375,9 @@ def ap_vs_flops_figure(data: StudyData) -> go.Figure | None:
                 hovertemplate="%{text}<br>%{x:.3f} GFLOPs<br>AP %{y:.4f}<extra></extra>",
             )
         )
-        front = pareto_front([(f, t.ap, t.number) for t, f in done])  # type: ignore[misc]
+        points = [(f, float(t.ap)) for t, f in done]  # type: ignore[arg-type]  # complete: ap is a number
+        on_front = pareto_front(points, (StudyDirection.MINIMIZE, data.direction))
+        front = sorted((*points[i], done[i][0].number) for i in on_front)  # by FLOPs, for the step line
         fig.add_trace(
             go.Scatter(
                 x=[p[0] / 1e9 for p in front],

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
+from evo_fpn.analysis import FINISHED
 from evo_fpn.cli import UsageError
 from evo_fpn.draw import spec_to_svg
 from evo_fpn.spec import ArchSpec
@@ -138,8 +139,7 @@ class StudyFiguresCallback:
         self.every = every
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        finished = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
-        n = len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=finished))
+        n = len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=FINISHED))
         if n == 0 or n % self.every:
             return
         try:

@@ -37,7 +37,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from evo_fpn import objectives
 from evo_fpn import storage as st
+from evo_fpn.analysis import FINISHED, best_trial, best_value, objective_value
 from evo_fpn.cli import ArgumentParser, UsageError, guard, parse_sets
 from evo_fpn.config import (
     DEVICES,
@@ -53,12 +55,11 @@ from evo_fpn.config import (
     pruner_settings_for,
     sampler_settings_for,
 )
-from evo_fpn.objective import Objective, SyntheticFailure, SyntheticTask
+from evo_fpn.objective import Objective
 from evo_fpn.report import dashboard_command, default_artifact_dir, make_artifact_store, refresh_study_figures
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 AP_LABELS = {"ap": "AP", "ap50": "AP50", "ap75": "AP75", "ap_small": "APs", "ap_medium": "APm", "ap_large": "APl"}
 ENV_WORKER_INDEX = ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID")
@@ -118,56 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- building blocks -----------------------------------------------------------------------
-@dataclass
-class TaskInfo:
-    """The task that scores a spec, the exceptions that fail only one trial, and its identity."""
-
-    task: Any
-    failures: tuple[type[BaseException], ...]
-    fingerprint: dict[str, Any]
-    resolved: dict[str, Any]
+TaskInfo = objectives.Built
+"""The objective a worker runs (task, failure types, fingerprint, resolved settings)."""
 
 
-def build_task(cfg: StudyConfig, *, progress: bool) -> TaskInfo:
-    """The proxy task (imported only when used: it pulls in torch) or the synthetic stand-in."""
-    if cfg.objective == "synthetic":
-        try:
-            task = SyntheticTask.from_settings(cfg.synthetic)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad [synthetic] settings: {exc}") from None
-        return TaskInfo(
-            task, (SyntheticFailure,), {"objective": "synthetic", "task": task.fingerprint()},
-            {"synthetic": dict(cfg.synthetic)},
-        )  # fmt: skip
-    from evo_fpn import proxy
-
-    base = proxy.PRESETS[cfg.preset].to_dict()
-    unknown = sorted(set(cfg.proxy) - set(base))
-    if unknown:
-        raise ConfigError(f"unknown proxy field {unknown[0]!r}; known: {', '.join(sorted(base))}")
-    data = dict(cfg.proxy)
-    if cfg.data is not None:
-        data[_data_field(base)] = cfg.data
-    try:
-        pcfg = proxy.ProxyConfig.from_dict(data, base=proxy.PRESETS[cfg.preset])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad proxy settings: {exc}") from None
-    if cfg.device == "cuda":
+def build_task(cfg: StudyConfig, *, progress: bool) -> objectives.Built:
+    """The study's objective, from the registry (:mod:`evo_fpn.objectives`). CPU threads are
+    the worker process's: set here, not by the task."""
+    if cfg.threads is not None:
         import torch
 
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA device is visible: use --device auto or cpu")
-    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress, threads=cfg.threads)
-    return TaskInfo(
-        task, (proxy.TrialFailed,), {"objective": "proxy", "task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()}
-    )
-
-
-def _data_field(proxy_dict: dict[str, Any]) -> str:
-    for name in ("data", "data_root", "data_path", "dataset"):
-        if name in proxy_dict:
-            return name
-    raise ConfigError("this proxy task takes no dataset path; drop --data")
+        torch.set_num_threads(cfg.threads)
+    return objectives.build(cfg, progress=progress)
 
 
 def build_sampler(cfg: StudyConfig, *, seed: int, space: NasFpnSpace) -> optuna.samplers.BaseSampler:
@@ -417,8 +380,7 @@ def count_trials(study: optuna.Study) -> tuple[int, int, float | None]:
     trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     finished = [t for t in trials if t.state in FINISHED]
     running = len(trials) - len(finished)
-    values = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
-    return len(finished), running, (max(values) if values else None)
+    return len(finished), running, best_value(map(objective_value, finished), study.directions[0])
 
 
 class Progress:
@@ -599,13 +561,12 @@ def summary(study: optuna.Study, p: Prepared, elapsed: float) -> str:
         f"{by_state[TrialState.PRUNED]} pruned, {by_state[TrialState.FAIL]} failed) in {_fmt_s(elapsed)}",
         f"storage: {st.mask_url(p.url)}   sampler: {p.cfg.sampler}   fingerprint: {p.fingerprint}",
     ]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if complete:
-        best = max(complete, key=lambda t: (t.value, -t.number))
+    best = best_trial(trials, study.directions[0])
+    if best is not None:
         lines.append("")
         extra = f" (re-used from trial {best.user_attrs['cached_from']})" if "cached_from" in best.user_attrs else ""
         ref = f" [{best.user_attrs['reference']}]" if "reference" in best.user_attrs else ""
-        lines.append(f"best trial #{best.number}{ref}: AP {best.value:.4f}{extra}")
+        lines.append(f"best trial #{best.number}{ref}: AP {best.values[0]:.4f}{extra}")
         ap = [f"{AP_LABELS[k]} {best.user_attrs[k]:.4f}" for k in AP_KEYS if k in best.user_attrs]
         if ap:
             lines.append("  " + "   ".join(ap))

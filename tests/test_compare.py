@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState, create_trial
 from run_worker import load, write_study
 
+from evo_fpn.compare import format_table, study_row
 from evo_fpn.compare import main as compare
 from evo_fpn.run import main as run
 
@@ -59,3 +62,19 @@ def test_mixed_fingerprints_and_missing_studies_are_refused(tmp_path: Path, caps
     assert not (tmp_path / "studies" / "zzz.db").exists()
     assert compare(["x", "x"]) == 2
     assert compare([]) == 2
+
+
+def test_rows_follow_each_studys_direction() -> None:
+    rows = []
+    for name, values in (("low", [0.5, 0.2, 0.4]), ("lower", [0.3, 0.1, 0.6])):
+        study = optuna.create_study(study_name=name, direction="minimize")
+        for v in values:
+            study.add_trial(create_trial(value=v))
+        study.add_trial(create_trial(state=TrialState.PRUNED, value=0.0, intermediate_values={0: 0.0}))
+        study.set_user_attr("fingerprint", "f")
+        rows.append(study_row(study))
+    low, lower = rows
+    assert low.curve == (0.5, 0.2, 0.2, 0.2) and low.best_ap == 0.2  # the pruned 0.0 is an early value
+    assert lower.best_after(1) == 0.3 and lower.best_ap == 0.1
+    table = format_table(rows).splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["lower", "low"]  # best (lowest) first

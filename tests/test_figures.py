@@ -98,9 +98,26 @@ def test_grouped_curves_mean_and_band_over_seeds(studies) -> None:
     assert "seconds" in time_fig.layout.xaxis.title.text  # a few-second study gets a seconds axis
 
 
-def test_pareto_front() -> None:
-    pts = [(1.0, 0.30, 0), (2.0, 0.25, 1), (2.0, 0.40, 2), (3.0, 0.40, 3), (4.0, 0.50, 4), (0.5, 0.10, 5)]
-    assert figures.pareto_front(pts) == [(0.5, 0.10, 5), (1.0, 0.30, 0), (2.0, 0.40, 2), (4.0, 0.50, 4)]
+def _minimised_study() -> optuna.Study:
+    """A study whose objective is better downwards, with FLOPs attrs and a repeated point."""
+    study = optuna.create_study(direction="minimize")
+    for ap, flops in ((0.30, 1e9), (0.20, 2e9), (0.50, 0.5e9), (0.10, 3e9), (0.20, 2e9), (0.40, 4e9)):
+        study.add_trial(optuna.trial.create_trial(value=ap, user_attrs={"ap": ap, "neck_flops": flops}))
+    return study
+
+
+def test_figures_follow_the_study_direction() -> None:
+    data = StudyData.from_study(_minimised_study())
+    _, ys = figures.best_so_far_by_trial(data)
+    assert list(ys) == [0.30, 0.20, 0.20, 0.10, 0.10, 0.10]
+    _, ys = figures.best_so_far_by_time(data)
+    assert list(ys) == [0.30, 0.20, 0.20, 0.10, 0.10, 0.10]
+    assert [t.number for t in data.best(3)] == [3, 1, 4]  # lowest first, ties by trial number
+    fig = figures.ap_vs_flops_figure(data)
+    front = next(t for t in fig.data if t.name.startswith("Pareto front"))
+    # fewer FLOPs and a lower value are better here: (0.5 G, 0.50) and (1 G, 0.30), (2 G, 0.20), (3 G, 0.10)
+    assert list(front.x) == [0.5, 1.0, 2.0, 3.0] and list(front.y) == [0.50, 0.30, 0.20, 0.10]
+    assert list(front.text) == ["trial 2", "trial 0", "trial 1", "trial 3"]  # the repeat (trial 4) once
 
 
 def test_ap_vs_flops_marks_the_front_and_pruned(studies) -> None:
