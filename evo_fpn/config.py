@@ -46,7 +46,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from evo_fpn.cli import UsageError
+from evo_fpn import objectives
+from evo_fpn.errors import UsageError
 from evo_fpn.space import SpaceConfig
 
 try:  # Python >= 3.11
@@ -58,7 +59,7 @@ SAMPLERS: tuple[str, ...] = ("evolution", "rl", "random", "tpe", "nsga2")
 PRUNERS: tuple[str, ...] = ("none", "median", "percentile", "hyperband", "successive_halving")
 PRESET_NAMES: tuple[str, ...] = ("quick", "default", "paper")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-OBJECTIVES: tuple[str, ...] = ("proxy", "synthetic")
+OBJECTIVES: tuple[str, ...] = objectives.names()  # the built-ins; the registry may hold more
 STUDY_DIR_NAME = "studies"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -110,8 +111,7 @@ class StudyConfig:
     threads: int | None = None  # CPU threads per worker (torch); None: torch's default
     data: str | None = None
     objective: str = "proxy"
-    proxy: Mapping[str, Any] = field(default_factory=dict)
-    synthetic: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # objective tables by name
     space: SpaceConfig = field(default_factory=SpaceConfig)
     sampler: str = "evolution"
     sampler_settings: Mapping[str, Any] = field(default_factory=dict)
@@ -134,9 +134,22 @@ class StudyConfig:
         _check_choice(self.device, "device", DEVICES)
         if self.threads is not None:
             _check_int(self.threads, "threads", 1)
-        _check_choice(self.objective, "objective", OBJECTIVES)
+        _check_choice(self.objective, "objective", objectives.names())
         _check_choice(self.sampler, "sampler", SAMPLERS)
         _check_choice(self.pruner, "pruner", PRUNERS)
+
+    @property
+    def value_names(self) -> tuple[str, ...]:
+        """The metrics that are the study's values (one maximised AP; the seam for several)."""
+        return ("ap",)
+
+    @property
+    def proxy(self) -> Mapping[str, Any]:
+        return self.settings.get("proxy", {})
+
+    @property
+    def synthetic(self) -> Mapping[str, Any]:
+        return self.settings.get("synthetic", {})
 
     # -- records ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -153,8 +166,7 @@ class StudyConfig:
             "threads": self.threads,
             "data": self.data,
             "objective": self.objective,
-            "proxy": dict(self.proxy),
-            "synthetic": dict(self.synthetic),
+            **{section: dict(self.settings.get(section, {})) for section in objectives.sections()},
             "space": self.space.to_dict(),
             "sampler": {"name": self.sampler, "settings": dict(self.sampler_settings)},
             "pruner": {"name": self.pruner, "settings": dict(self.pruner_settings)},
@@ -241,17 +253,19 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 _TOP_KEYS = {
     "description", "n_trials", "timeout", "seed", "preset", "device", "threads", "data", "objective",
-    "proxy", "synthetic", "space", "sampler", "pruner", "runner",
+    "space", "sampler", "pruner", "runner",
 }  # fmt: skip
+"""Top-level keys of a study file, besides the objectives' tables (:func:`evo_fpn.objectives.sections`)."""
 
 
 def config_from_mapping(name: str, data: Mapping[str, Any], *, source: str = "") -> StudyConfig:
     """Build a :class:`StudyConfig` from a parsed study file, refusing unknown keys."""
     where = source or "study config"
-    unknown = sorted(set(data) - _TOP_KEYS)
+    known = _TOP_KEYS | set(objectives.sections())
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_TOP_KEYS))}")
-    for table in ("proxy", "synthetic", "space", "sampler", "pruner", "runner"):
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+    for table in (*objectives.sections(), "space", "sampler", "pruner", "runner"):
         if table in data and not isinstance(data[table], Mapping):
             raise ConfigError(f"{where}: {table!r} must be a table ([{table}])")
     sampler_name, sampler_settings = _named_table(data.get("sampler", {}), "sampler", "evolution", SAMPLERS, where)
@@ -279,8 +293,7 @@ def config_from_mapping(name: str, data: Mapping[str, Any], *, source: str = "")
     return StudyConfig(
         name=name,
         source=source,
-        proxy=dict(data.get("proxy", {})),
-        synthetic=dict(data.get("synthetic", {})),
+        settings={section: dict(data[section]) for section in objectives.sections() if section in data},
         space=space,
         sampler=sampler_name,
         sampler_settings=sampler_settings,
@@ -314,12 +327,13 @@ def apply_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
     """Return ``cfg`` with command-line overrides applied (``None`` means 'not given').
 
     Runner fields (``heartbeat_interval`` ...) go to :class:`RunnerConfig`; ``proxy.X=V``
-    style dotted keys go into the proxy/space/synthetic tables.
+    style dotted keys go into the space table or an objective's table.
     """
     top: dict[str, Any] = {}
     runner: dict[str, Any] = {}
     runner_names = {f.name for f in fields(RunnerConfig)}
-    proxy, synthetic, space = dict(cfg.proxy), dict(cfg.synthetic), cfg.space.to_dict()
+    settings = {section: dict(cfg.settings.get(section, {})) for section in objectives.sections()}
+    space = cfg.space.to_dict()
     for key, value in overrides.items():
         if value is None:
             continue
@@ -327,9 +341,10 @@ def apply_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
             runner[key] = value
         elif "." in key:
             table, sub = key.split(".", 1)
-            target = {"proxy": proxy, "synthetic": synthetic, "space": space}.get(table)
+            target = {**settings, "space": space}.get(table)
             if target is None or not sub:
-                raise ConfigError(f"cannot set {key!r}: use proxy.FIELD, space.FIELD or synthetic.FIELD")
+                tables = ", ".join(f"{t}.FIELD" for t in ("space", *settings))
+                raise ConfigError(f"cannot set {key!r}: use {tables}")
             target[sub] = value
         else:
             top[key] = value
@@ -339,8 +354,7 @@ def apply_overrides(cfg: StudyConfig, **overrides: Any) -> StudyConfig:
         raise ConfigError(f"bad space override: {exc}") from None
     return replace(
         cfg,
-        proxy=proxy,
-        synthetic=synthetic,
+        settings={section: table for section, table in settings.items() if table or section in cfg.settings},
         space=space_cfg,
         runner=replace(cfg.runner, **runner) if runner else cfg.runner,
         **top,

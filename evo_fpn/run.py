@@ -37,7 +37,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evo_fpn import objectives
+from evo_fpn import objectives, record
 from evo_fpn import storage as st
 from evo_fpn.analysis import FINISHED, best_trial, best_value, objective_value
 from evo_fpn.cli import ArgumentParser, UsageError, guard, parse_sets
@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. proxy.epochs=2 or space.num_cells=7 (TOML value)")  # fmt: skip
     p.add_argument("--heartbeat-interval", type=int, metavar="S", help="seconds between worker heartbeats")
     p.add_argument("--grace-period", type=int, metavar="S", help="seconds without heartbeat before a trial is retried")
-    p.add_argument("--objective", choices=OBJECTIVES,
-                   help="'synthetic' is a cheap stand-in for tests and benchmarks of the runner")  # fmt: skip
+    p.add_argument("--objective", metavar="NAME",
+                   help=f"what scores an architecture: {', '.join(OBJECTIVES)} ('synthetic' is a cheap stand-in for "
+                        "tests of the runner) or a registered one (evo_fpn.objectives.register)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -281,7 +282,11 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
     if not existed:
         try:
             study = optuna.create_study(
-                study_name=cfg.name, storage=storage, sampler=p.sampler, pruner=p.pruner, direction="maximize"
+                study_name=cfg.name,
+                storage=storage,
+                sampler=p.sampler,
+                pruner=p.pruner,
+                directions=record.directions(cfg.value_names),
             )
             created = True
         except optuna.exceptions.DuplicatedStudyError:  # another worker was faster
@@ -313,8 +318,12 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
                 f"(fingerprint {stored} != {p.fingerprint}{'; differs in ' + diff if diff else ''}): rerun it with "
                 f"its original settings, or start a new study with --new-study NAME"
             )
-        if study.directions != [optuna.study.StudyDirection.MAXIMIZE]:
-            raise UsageError(f"study {cfg.name!r} is not a single-objective maximisation study: use another name")
+        wanted = [optuna.study.StudyDirection[d.upper()] for d in record.directions(cfg.value_names)]
+        if study.directions != wanted:
+            raise UsageError(
+                f"study {cfg.name!r} optimises {len(study.directions)} value(s) in other directions than "
+                f"{', '.join(cfg.value_names)}: use another name"
+            )
         old_sampler = study.user_attrs.get("sampler")
         if old_sampler and old_sampler != cfg.sampler:
             log(f"warning: study {cfg.name!r} was started with sampler {old_sampler}; this worker uses {cfg.sampler}")
@@ -641,7 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             store = make_artifact_store(p.artifact_dir) if p.artifact_dir is not None else None
             objective = Objective(
-                space=p.space, task=p.task.task, failures=p.task.failures, dedup=cfg.runner.dedup, artifact_store=store
+                space=p.space,
+                task=p.task.task,
+                failures=p.task.failures,
+                dedup=cfg.runner.dedup,
+                artifact_store=store,
+                value_names=cfg.value_names,
+                objective_name=cfg.objective,
             )
             lock = st.BudgetLock(p.url, cfg.name)
             try:

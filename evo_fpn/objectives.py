@@ -1,0 +1,129 @@
+"""The objective registry: what ``--objective NAME`` (``objective = "NAME"``) means.
+
+An objective is one :class:`ObjectiveType`: its name, the study-file table that holds its
+settings (``[proxy]``, ``[synthetic]``), a factory that turns a study configuration into a
+ready task (anything with ``prepare()`` and ``evaluate(spec, reporter) -> metrics``, see
+:class:`evo_fpn.objective.Task`) plus the identity that goes into the study fingerprint, and
+the exception types that fail one trial rather than the worker. Adding an objective is one
+:func:`register` call and one settings table; the config, the runner and the CLI read the
+registry, so nothing else has to agree with a list.
+
+Factories import their heavy modules (torch) only when called, so that a synthetic study never
+loads torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evo_fpn.errors import TrialFailed, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evo_fpn.config import StudyConfig
+
+
+@dataclass
+class Built:
+    """A ready objective: the task, the exceptions that fail only a trial, what makes its scores
+    comparable (hashed into the study fingerprint) and its resolved settings (recorded)."""
+
+    task: Any
+    failures: tuple[type[BaseException], ...]
+    fingerprint: dict[str, Any]
+    resolved: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ObjectiveType:
+    """One registered objective. ``build(cfg, settings, progress)`` gets the study config and
+    the objective's own table; bad settings raise :class:`~evo_fpn.errors.UsageError`."""
+
+    name: str
+    section: str
+    build: Callable[[StudyConfig, Mapping[str, Any], bool], Built]
+    failures: tuple[type[BaseException], ...] = ()
+    description: str = ""
+
+
+REGISTRY: dict[str, ObjectiveType] = {}
+
+
+def register(objective: ObjectiveType) -> ObjectiveType:
+    """Add ``objective`` (a name or table already taken by another one is refused)."""
+    for other in REGISTRY.values():
+        if other.name != objective.name and other.section == objective.section:
+            raise ValueError(f"objective {objective.name!r}: table [{objective.section}] belongs to {other.name!r}")
+    if objective.section in _RESERVED:
+        raise ValueError(f"objective {objective.name!r}: [{objective.section}] is a study-file table of its own")
+    REGISTRY[objective.name] = objective
+    return objective
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def sections() -> tuple[str, ...]:
+    return tuple(o.section for o in REGISTRY.values())
+
+
+def get(name: str) -> ObjectiveType:
+    if name not in REGISTRY:
+        raise UsageError(f"unknown objective {name!r}: choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build(cfg: StudyConfig, *, progress: bool) -> Built:
+    """The study's objective, ready to prepare (nothing written, nothing trained)."""
+    objective = get(cfg.objective)
+    built = objective.build(cfg, cfg.settings.get(objective.section, {}), progress)
+    built.failures = tuple(dict.fromkeys((*objective.failures, *built.failures)))
+    built.fingerprint = {"objective": objective.name, **built.fingerprint}
+    return built
+
+
+_RESERVED = {"space", "sampler", "pruner", "runner"}
+
+
+# -- the built-in objectives ------------------------------------------------------------------
+def _build_synthetic(cfg: StudyConfig, settings: Mapping[str, Any], progress: bool) -> Built:
+    from evo_fpn.objective import SyntheticFailure, SyntheticTask
+
+    try:
+        task = SyntheticTask.from_settings(settings)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad [synthetic] settings: {exc}") from None
+    return Built(task, (SyntheticFailure,), {"task": task.fingerprint()}, {"synthetic": dict(settings)})
+
+
+def _build_proxy(cfg: StudyConfig, settings: Mapping[str, Any], progress: bool) -> Built:
+    from evo_fpn import proxy
+
+    base = proxy.PRESETS[cfg.preset]
+    data = dict(settings)
+    unknown = sorted(set(data) - set(base.to_dict()))
+    if unknown:
+        raise UsageError(f"unknown proxy field {unknown[0]!r}; known: {', '.join(sorted(base.to_dict()))}")
+    if cfg.data is not None:
+        data["data"] = cfg.data
+    try:
+        pcfg = proxy.ProxyConfig.from_dict(data, base=base)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad proxy settings: {exc}") from None
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda but no CUDA device is visible: use --device auto or cpu")
+    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress)
+    return Built(task, (), {"task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()})
+
+
+register(ObjectiveType("proxy", "proxy", _build_proxy, (TrialFailed,), "train each architecture on the proxy task"))
+register(ObjectiveType("synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner"))
