@@ -125,3 +125,16 @@ def test_names_and_runner_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="heartbeat_interval"):
         RunnerConfig(heartbeat_interval=0)
     assert StudyConfig(name="ok-name_1.2").to_dict()["runner"]["grace_period"] == RunnerConfig().grace_period
+
+
+def test_name_lists_kept_apart_for_import_cost_agree_with_their_sources() -> None:
+    # config must not import torch (a synthetic study never does), so it keeps its own copies
+    from evo_fpn.config import PRESET_NAMES, SAMPLERS
+    from evo_fpn.detector import BACKBONES
+    from evo_fpn.neck import BACKBONE_CHANNELS
+    from evo_fpn.proxy_config import PRESETS
+    from evo_fpn.samplers.registry import SAMPLER_NAMES
+
+    assert PRESET_NAMES == tuple(PRESETS)
+    assert SAMPLERS == SAMPLER_NAMES
+    assert set(BACKBONES) <= set(BACKBONE_CHANNELS)  # every buildable backbone has its C3..C5 channels
