@@ -295,7 +295,7 @@ def test_bad_input_as_a_real_command_has_no_traceback(tmp_path: Path) -> None:
 def test_existing_non_evo_fpn_study_is_not_touched(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("evo_fpn.run.FINGERPRINT_WAIT_S", 0.5)
+    monkeypatch.setattr("evo_fpn.study_open.FINGERPRINT_WAIT_S", 0.5)
     write_study(tmp_path, n_trials=2)
     (tmp_path / "studies").mkdir()
     url = url_of(tmp_path)
@@ -347,3 +347,65 @@ def test_busy_cpu_hint_only_for_cpu_training_with_default_threads_on_a_loaded_ma
     synthetic = prepared("--device", "cpu", "--objective", "synthetic")
     assert busy_cpu_hint(synthetic, threads=None, load=3.1, cores=2) is None  # no training
     assert not (tmp_path / "s.db").exists()
+
+
+RUNNER_MODULES = ("run", "factories", "study_open", "budget", "workers", "summary", "analysis")
+
+
+def test_runner_modules_import_only_downwards() -> None:
+    """One concern per module and no import cycle: run -> workers -> budget -> summary, etc."""
+    import ast
+    import importlib
+
+    edges: dict[str, set[str]] = {}
+    for name in RUNNER_MODULES:
+        tree = ast.parse(Path(importlib.import_module(f"evo_fpn.{name}").__file__).read_text())
+        edges[name] = {
+            node.module.removeprefix("evo_fpn.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evo_fpn.")
+        } & set(RUNNER_MODULES)
+
+    def reaches(a: str, b: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in edges[a])
+
+    assert not [m for m in RUNNER_MODULES if reaches(m, m)]
+    assert not any("run" in deps for deps in edges.values())  # nothing imports the command line
+
+
+def test_the_runners_public_names_are_still_importable_from_run() -> None:
+    import evo_fpn.run as run
+    from evo_fpn import budget, factories, study_open, summary, workers
+
+    for module in (budget, factories, study_open, summary, workers):
+        for name in [n for n in vars(module) if not n.startswith("_") and n.isidentifier()]:
+            value = getattr(module, name)
+            if getattr(value, "__module__", None) == module.__name__ or name.isupper():
+                if name in run.__all__:
+                    assert getattr(run, name) is value, name
+    assert set(run.__all__) <= set(vars(run))
+    assert {"open_study", "count_trials", "run_worker", "spawn_workers", "summary", "Progress"} <= set(run.__all__)
+
+
+def test_summary_names_the_best_trial_in_the_studys_direction() -> None:
+    from optuna.trial import create_trial
+
+    from evo_fpn.summary import summary
+
+    for direction, best in (("maximize", 2), ("minimize", 0)):
+        study = optuna.create_study(study_name="s", direction=direction)
+        for v in (0.1, 0.3, 0.5, 0.5):
+            study.add_trial(create_trial(value=v, user_attrs={"ap": v, "ap50": 2 * v}))
+        text = summary(
+            study,
+            n_trials=4,
+            url="postgresql://u:s3cret@h/db",
+            sampler="random",
+            fingerprint="f" * 16,
+            artifact_dir=None,
+            elapsed=61,
+        )
+        assert "study s: 4 of 4 trials finished (4 complete" in text and "in 1m01s" in text
+        assert f"best trial #{best}: AP {study.best_value:.4f}" in text
+        assert "s3cret" not in text
+        assert "storage: postgresql://u:***@h/db" in text and "optuna-dashboard 'postgresql" in text
