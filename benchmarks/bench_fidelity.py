@@ -9,12 +9,12 @@
 The architectures are those of ``bench_proxy``'s noise part (published NAS-FPN, FPN-like,
 torchvision FPN, 5 seeded random ones, or ``--random N``). Proxy AP: the preset's score, the mean over its seeds
 0..seeds-1 (``--proxy-seeds K``: over seeds 0..K-1), read per seed from
-``benchmarks/results/proxy_trials.jsonl`` or computed (``--with-proxy``). Reference: the same detector trained
+``benchmarks/records/proxy_trials.jsonl`` or computed (``--with-proxy``). Reference: the same detector trained
 end to end (backbone included, from scratch) on 6000 images (4x the default proxy's) with
 the proxy's AdamW recipe for 8 epochs (``--reference adamw-8ep``, the default), 4
 (``adamw-4ep``) or 2 (``adamw``), or with SGD for 2 (``sgd``), evaluated on the same val images
 (:data:`REFERENCES`; ``--scale``/``--epochs`` make a custom one). Each
-finished reference run is appended to ``benchmarks/results/fidelity_reference.jsonl``; a
+finished reference run is appended to ``benchmarks/records/fidelity_reference.jsonl``; a
 rerun skips it.
 """
 
@@ -29,7 +29,16 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau
 
-from benchmarks.bench_proxy import RESULTS, architectures, load_done, parse_shard, run_trials, seed_config, spec_json
+from benchmarks.bench_proxy import (
+    RECORDS,
+    RESULTS,
+    architectures,
+    load_done,
+    parse_shard,
+    run_trials,
+    seed_config,
+    spec_json,
+)
 from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
 
 
@@ -107,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ref_cfg = reference_config(proxy_cfg, args.reference, scale=args.scale, epochs=args.epochs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     archs = architectures(args.random)
-    ref_path = RESULTS / "fidelity_reference.jsonl"
-    proxy_path = RESULTS / "proxy_trials.jsonl"
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    ref_path = RECORDS / "fidelity_reference.jsonl"
+    proxy_path = RECORDS / "proxy_trials.jsonl"
 
     if not args.report:
         if args.with_proxy:

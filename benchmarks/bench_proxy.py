@@ -14,7 +14,7 @@
   seeds tS..tS+S-1), exactly as :class:`~evo_fpn.proxy.ProxyTask` scores it. Signal-to-noise
   = std of the trial-0 AP across architectures (population std) / std of the noise
   architecture's trial APs (sample std, n - 1).
-  Each *seed* is appended to ``benchmarks/results/proxy_trials.jsonl`` as it finishes (keyed
+  Each *seed* is appended to ``benchmarks/records/proxy_trials.jsonl`` as it finishes (keyed
   by the fingerprint of the preset with one seed); a rerun skips the ones already there, so
   the run can be resumed.
 """
@@ -36,7 +36,8 @@ from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
 from evo_fpn.training import train_detector
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # summaries (git-ignored)
+RECORDS = Path(__file__).resolve().parent / "records"  # one JSON line per finished run (committed)
 
 
 def architectures(n_random: int, seed: int = 0) -> dict[str, ArchSpec | str]:
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         per = config.seeds
         jobs = [(n, a, s) for s in range(per) for n, a in archs.items()]
         jobs += [(args.noise_arch, archs[args.noise_arch], s) for s in range(per, args.trials * per)]
-        path = RESULTS / "proxy_trials.jsonl"
+        RECORDS.mkdir(parents=True, exist_ok=True)
+        path = RECORDS / "proxy_trials.jsonl"
         finished = load_done(path, seed_config(config).fingerprint())
         missing = [j for j in jobs if (j[0], j[2]) not in finished]
         run_trials(config, missing[shard::shards], device=args.device, path=path)

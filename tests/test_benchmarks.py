@@ -68,6 +68,7 @@ def test_fidelity_report_ranks_the_mean_of_the_proxy_seeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(fid, "RESULTS", tmp_path)
+    monkeypatch.setattr(fid, "RECORDS", tmp_path)
     names = list(architectures(2))
     proxy_fp, ref_fp = PRESETS["default"].replace(seeds=1).fingerprint(), REFERENCES["adamw"].fingerprint()
     # Seed 0 alone ranks the 5 architectures backwards; the mean of seeds 0 and 1 ranks them
@@ -102,3 +103,36 @@ def test_noise_scores_trials_as_the_mean_of_their_seeds() -> None:
     assert noise["ap_by_arch"] == {"a": pytest.approx(0.15)}  # b lacks seed 1
     assert noise["trial_std"] == pytest.approx(0.02**0.5 * 0.1)
     assert noise["seed_aps"] == [0.10, 0.20, 0.12, 0.14, 0.30]
+
+
+def test_cells_report_prints_the_recorded_rows_as_one_json_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import bench_cells
+
+    records = tmp_path / "cells.jsonl"
+    rows = [("default", "published", 0, 0.20), ("default", "published", 1, 0.22), ("none", "fpn", 0, 0.3)]
+    with records.open("w") as f:
+        for setting, arch, seed, ap in rows:
+            fp = bench_cells.config_for("proxy", setting).fingerprint()
+            rec = {"fingerprint": fp, "mode": "proxy", "setting": setting, "arch": arch, "seed": seed, "ap": ap,
+                   "ap50": 2 * ap, "neck_flops": 1000, "neck_params": 10, "train_seconds": 5.0,
+                   "threads": 1}  # fmt: skip
+            f.write(json.dumps(rec) + "\n")
+        stale = {**rec, "fingerprint": "0" * 16, "seed": 7}  # another configuration: not this table's
+        f.write(json.dumps(stale) + "\n")
+    assert bench_cells.main(["--report", "--json", "--records", str(records)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["setting"], r["arch"], r["seeds"]) for r in out] == [("default", "published", 2), ("none", "fpn", 1)]
+    first = out[0]
+    assert first["mode"] == "proxy" and first["ap_mean"] == pytest.approx(0.21) and first["neck_flops"] == 1000
+    assert first["ap_std"] == pytest.approx(0.01414, abs=1e-4) and out[1]["ap_std"] is None
+
+
+def test_cells_settings_run_only_where_they_change_the_network() -> None:
+    from benchmarks.bench_cells import applies
+
+    assert applies("torchvision_fpn", "default") and applies("torchvision_fpn", "group")
+    assert applies("torchvision_fpn", "fpn_batch") and not applies("published", "fpn_batch")
+    for setting in ("none", "repeats1", "anytime", "bn_recal"):  # torchvision's FPN: no norm, no repeats
+        assert not applies("torchvision_fpn", setting) and applies("published", setting)
