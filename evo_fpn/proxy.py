@@ -68,12 +68,7 @@ class ProxyTask:
         progress: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         store: FeatureStore | None = None,
-        threads: int | None = None,
     ) -> None:
-        if threads is not None:  # kept for callers not yet moved to set_num_threads themselves
-            if threads < 1:
-                raise UsageError(f"threads must be >= 1, got {threads}")
-            torch.set_num_threads(threads)
         if isinstance(config, str):
             if config not in PRESETS:
                 raise UsageError(f"unknown proxy preset {config!r}; choose one of {', '.join(PRESETS)}")
