@@ -21,49 +21,16 @@ from typing import Any
 
 import torch
 
-from evo_fpn.cli import UsageError, guard
+from evo_fpn.cli import ArgumentParser, UsageError, guard, load_arch, parse_sets
 from evo_fpn.evaluate import METRIC_NAMES
 from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
-from evo_fpn.spec import REFERENCE_SPECS, ArchSpec, SpecError
+from evo_fpn.spec import REFERENCE_SPECS, ArchSpec
 
 NAMED = (*REFERENCE_SPECS, "torchvision_fpn")
 
 
-def load_arch(value: str) -> ArchSpec | str:
-    """``published``, ``fpn``, ``torchvision_fpn`` or a spec JSON file (as ``inspect``/the runner write)."""
-    if value in REFERENCE_SPECS:
-        return REFERENCE_SPECS[value]
-    if value == "torchvision_fpn":
-        return value
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--arch {value!r} is neither one of {', '.join(NAMED)} nor an existing spec JSON file")
-    text = path.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(data, dict) and "spec" in data and "cells" not in data:  # e.g. a saved metrics/trial record
-        data = json.loads(data["spec"]) if isinstance(data["spec"], str) else data["spec"]
-    return ArchSpec.from_dict(data, name=path.stem)
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as JSON when possible (numbers, lists, null)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evo_fpn.train", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m evo_fpn.train", description=__doc__.splitlines()[0])
     p.add_argument("--arch", required=True, help=f"{' | '.join(NAMED)} | PATH.json")
     p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="proxy preset to start from")
     p.add_argument("--data", help="COCO-layout dataset folder (default: the built-in digits)")
@@ -77,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", help="output folder (default: runs/train-<arch>-<time>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any proxy setting")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a proxy setting (TOML value, e.g. lr=0.0005)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -86,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 @guard
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    arch = load_arch(args.arch)
+    arch = load_arch(args.arch, allow_torchvision_fpn=True)
     base = PRESETS[args.preset]
     changes: dict[str, Any] = {"backbone_mode": args.mode, "seed": args.seed, "seeds": 1}  # one model to save
     changes["epochs"] = args.epochs if args.epochs is not None else 3 * base.epochs
     if args.data is not None:
         changes["data"] = args.data
-    changes.update(parse_overrides(args.set))
+    changes.update(parse_sets(args.set))
     config = ProxyConfig.from_dict(changes, base=base)
     if config.epochs <= 0:
         raise UsageError("--epochs must be > 0")

@@ -18,6 +18,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -253,7 +254,8 @@ def dashboard_server(storage: str, artifact_dir: Path, *, timeout: float = 60.0)
     Yields the base URL once ``/api/meta`` answers; stops the server afterwards.
     """
     port = free_port()
-    exe = shutil.which("optuna-dashboard") or "optuna-dashboard"
+    beside = Path(sys.executable).with_name("optuna-dashboard")  # the venv's, also when it is not on PATH
+    exe = str(beside) if beside.is_file() else shutil.which("optuna-dashboard") or "optuna-dashboard"
     # the command dashboard_command() prints (unmasked here), bound to a free loopback port
     cmd = [exe, storage, "--artifact-dir", str(artifact_dir), "--host", "127.0.0.1", "--port", str(port)]
     log = tempfile.TemporaryFile()
