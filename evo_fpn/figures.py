@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from evo_fpn import record
 from evo_fpn.analysis import best_so_far, pareto_front, rank_key
 from evo_fpn.draw import spec_to_svg
 from evo_fpn.space import NasFpnSpace, SpaceConfig
@@ -139,7 +140,7 @@ class StudyData:
 
     def spec(self, t: TrialRow) -> ArchSpec | None:
         """The trial's architecture: its ``spec`` user attr, else its params decoded."""
-        text = t.user_attrs.get("spec")
+        text = t.user_attrs.get(record.SPEC)
         if isinstance(text, str):
             try:
                 return ArchSpec.from_json(text)
@@ -153,7 +154,7 @@ class StudyData:
         return None
 
     def spec_hash(self, t: TrialRow) -> str | None:
-        h = t.user_attrs.get("spec_hash")
+        h = t.user_attrs.get(record.SPEC_HASH)
         if isinstance(h, str):
             return h
         spec = self.spec(t)

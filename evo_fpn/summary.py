@@ -13,13 +13,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from evo_fpn import record
 from evo_fpn import storage as st
 from evo_fpn.analysis import best_trial
 from evo_fpn.report import dashboard_command
 from evo_fpn.spec import ArchSpec
 
-AP_KEYS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-AP_LABELS = {"ap": "AP", "ap50": "AP50", "ap75": "AP75", "ap_small": "APs", "ap_medium": "APm", "ap_large": "APl"}
+AP_KEYS = record.AP_METRICS
+AP_LABELS = record.AP_LABELS
 
 
 class Progress:
@@ -67,7 +68,7 @@ def summary(
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     finished = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
-    cached = sum("cached_from" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)
+    cached = sum(record.CACHED_FROM in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)
     lines = [
         f"study {study.study_name}: {finished} of {n_trials} trials finished "
         f"({by_state[TrialState.COMPLETE]} complete, {cached} of them re-used duplicates, "
@@ -77,14 +78,18 @@ def summary(
     best = best_trial(trials, study.directions[0])
     if best is not None:
         lines.append("")
-        extra = f" (re-used from trial {best.user_attrs['cached_from']})" if "cached_from" in best.user_attrs else ""
+        extra = (
+            f" (re-used from trial {best.user_attrs[record.CACHED_FROM]})"
+            if record.CACHED_FROM in best.user_attrs
+            else ""
+        )
         ref = f" [{best.user_attrs['reference']}]" if "reference" in best.user_attrs else ""
         lines.append(f"best trial #{best.number}{ref}: AP {best.values[0]:.4f}{extra}")
         ap = [f"{AP_LABELS[k]} {best.user_attrs[k]:.4f}" for k in AP_KEYS if k in best.user_attrs]
         if ap:
             lines.append("  " + "   ".join(ap))
-        if "spec" in best.user_attrs:
-            spec = ArchSpec.from_json(best.user_attrs["spec"])
+        if record.SPEC in best.user_attrs:
+            spec = ArchSpec.from_json(best.user_attrs[record.SPEC])
             lines.append(f"architecture (canonical hash {spec.canonical_hash()}):")
             lines.extend("  " + row for row in spec.table().splitlines())
     lines.append("")
