@@ -5,11 +5,12 @@ records the spec and its canonical hash as user attrs, and either
 
 * re-uses the metrics of an earlier COMPLETE trial of the same study with the same canonical
   hash (the study's fingerprint guarantees the same proxy task), marked ``cached_from``, or
-* hands the spec to the task (:class:`evo_fpn.proxy.ProxyTask`, or :class:`SyntheticTask`)
-  and returns ``metrics["ap"]``.
+* hands the spec to the task (:class:`evo_fpn.proxy.ProxyTask`, :class:`SyntheticTask`, or
+  any registered objective, :mod:`evo_fpn.objectives`), records the metrics it returns
+  (:mod:`evo_fpn.record`) and returns the study's value(s) from them.
 
 :class:`SyntheticTask` is a cheap, deterministic stand-in for the proxy task with the same
-interface (``prepare``/``evaluate``, intermediate reports, pruning, user attrs). It exists for
+interface (``prepare``/``evaluate``, intermediate reports, pruning). It exists for
 tests and benchmarks of the runner's mechanics (workers, kills, resume), where training
 detectors would only add minutes; select it with ``--objective synthetic``.
 """
@@ -34,7 +35,7 @@ from evo_fpn.spec import ArchSpec
 
 
 class SyntheticFailure(RuntimeError):
-    """The synthetic task's stand-in for ``evo_fpn.proxy.TrialFailed`` (no torch import needed)."""
+    """The synthetic task's stand-in for ``evo_fpn.errors.TrialFailed`` (no torch import needed)."""
 
 
 METRIC_ATTRS: tuple[str, ...] = record.REUSED
@@ -156,7 +157,7 @@ class SyntheticTask:
 class Objective:
     """``study.optimize`` objective: suggest a spec, re-use a duplicate or evaluate it.
 
-    ``failures``: exception types that fail only this trial (``evo_fpn.proxy.TrialFailed``);
+    ``failures``: exception types that fail only this trial (``evo_fpn.errors.TrialFailed``);
     their message becomes the ``fail_reason`` user attr, and the runner passes the same types
     to ``study.optimize(catch=...)`` so the worker goes on. ``on_start`` runs first thing in
     every trial (the runner releases its budget lock there, once the trial exists).

@@ -416,5 +416,25 @@ def test_the_stage_is_built_from_the_stage_config_only(monkeypatch: pytest.Monke
     with pytest.raises(RuntimeError, match="stop here"):
         features.FeatureStore(trial_settings, device="cpu", progress=False, cache_dir=tmp_path).prepare()
     assert seen == [trial_settings.stage_config()] == [TINY.stage_config()]
-    assert (seen[0].neck_norm, seen[0].repeats, seen[0].epochs, seen[0].norm_decay) == ("batch", 3, 16.0, True)  # defaults
+    assert (seen[0].neck_norm, seen[0].repeats, seen[0].epochs, seen[0].norm_decay) == (
+        "batch",
+        3,
+        16.0,
+        True,
+    )  # defaults
     assert not list(tmp_path.glob("backbone-*.pt"))  # nothing half-written
+
+
+def test_costs_counted_without_training_equal_the_built_models(task: ProxyTask) -> None:
+    from evo_fpn.cost import count_flops, count_params
+
+    for arch in (PUBLISHED_NASFPN, "torchvision_fpn"):
+        costs = task.costs(arch)
+        model = task.build(arch).eval()
+        feats = [f[:1].float() for f in task.store.train.features]
+        with torch.no_grad():
+            pyramid = list(model.neck(feats).values())
+        assert costs["neck_flops"] == count_flops(model.neck, feats)
+        assert costs["neck_params"] == count_params(model.neck)
+        head_flops = count_flops(model.retina.head, pyramid)
+        assert costs["total_flops"] == task.store.backbone_flops + costs["neck_flops"] + head_flops
