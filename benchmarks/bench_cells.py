@@ -166,12 +166,12 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'mode':<9} {'setting':<10} {'arch':<16} {'AP mean':>8} {'std':>7} {'seeds':>5} {'neck MFLOPs':>12} "
+    print(f"{'mode':<9} {'setting':<14} {'arch':<16} {'AP mean':>8} {'std':>7} {'seeds':>5} {'neck MFLOPs':>12} "
           f"{'neck params':>12} {'train s':>8}")  # fmt: skip
     for r in rows:
         std = f"{r['ap_std']:.4f}" if r["ap_std"] is not None else "-"
         print(
-            f"{r['mode']:<9} {r['setting']:<10} {r['arch']:<16} {r['ap_mean']:8.4f} {std:>7} {r['seeds']:5d} "
+            f"{r['mode']:<9} {r['setting']:<14} {r['arch']:<16} {r['ap_mean']:8.4f} {std:>7} {r['seeds']:5d} "
             f"{r['neck_flops'] / 1e6:12.1f} {r['neck_params']:12,d} {r['train_seconds_mean']:8.0f}"
         )
 
