@@ -43,7 +43,7 @@ from evo_fpn.features import FeatureStore
 from evo_fpn.proxy_config import DATASET_FIELDS, PRESETS, ProxyConfig
 from evo_fpn.record import AP_METRICS, AP_SEEDS, Reporter
 from evo_fpn.spec import ArchSpec
-from evo_fpn.training import predict, recalibrate_norms, resolve_device, train_detector
+from evo_fpn.training import predict, recalibrate_norms, resolve_device, total_steps, train_detector
 
 
 class ProxyTask:
@@ -150,8 +150,7 @@ class ProxyTask:
         cfg = self.config
         costs = self.costs(spec)
         first = self.build(spec)
-        steps_per_epoch = max(1, len(store.train) // cfg.batch_size)
-        total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        total = total_steps(len(store.train), cfg.batch_size, cfg.epochs)
         procs = self.seed_processes()
         if procs == 1:
             runs = []
@@ -186,7 +185,7 @@ class ProxyTask:
         assert store.train is not None
         costs = self.costs(spec)
         model = self.build(spec)
-        total = max(1, int(round(self.config.epochs * max(1, len(store.train) // self.config.batch_size))))
+        total = total_steps(len(store.train), self.config.batch_size, self.config.epochs)
         run = self.train_seed(model, 0, total, None)
         return model, {**run["final"], **costs, **{k: run[k] for k in ("train_seconds", "images_per_s", "history")}}
 

@@ -120,6 +120,11 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def total_steps(images: int, batch_size: int, epochs: float) -> int:
+    """Optimiser steps of ``epochs`` epochs over ``images`` images (whole batches, at least 1)."""
+    return max(1, int(round(epochs * max(1, images // batch_size))))
+
+
 def train_detector(
     model: Detector,
     train: Inputs,
@@ -140,8 +145,7 @@ def train_detector(
     after every step (progress shown by another process). Raises
     :class:`TrialFailed` when the loss becomes non-finite. Returns timing and loss facts.
     """
-    steps_per_epoch = max(1, len(train) // config.batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
+    total = total_steps(len(train), config.batch_size, epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = make_optimizer(params, config, total)
     gen = torch.Generator().manual_seed(seed)
