@@ -7,16 +7,24 @@ fails stale trials, counts finished and running trials, and asks for a new trial
 ``finished + running < n_trials``; if only running trials stand between the study and its
 budget it waits, because one of them may belong to a killed worker and will be retried.
 (Optuna's ``MaxTrialsCallback`` would overshoot by up to one trial per extra worker.)
+
+Optuna looks for stale trials (a killed worker's) only when a worker starts a trial, so a
+killed worker's trial used to wait for the next trial boundary of a live worker: minutes
+with real trials. :class:`StaleTrialWatch` checks on the heartbeat's schedule instead, so
+a killed worker's trial is failed and re-queued within ``grace_period + heartbeat_interval``
+(plus one check) of its last heartbeat.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn import storage as st
@@ -34,6 +42,45 @@ def count_trials(study: optuna.Study) -> tuple[int, int, float | None]:
     return len(finished), running, best_value(map(objective_value, finished), study.directions[0])
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's ``fail_stale_trials`` without its experimental warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class StaleTrialWatch:
+    """A daemon thread that fails (and, through the storage's callback, re-queues) stale
+    trials every heartbeat interval, between this worker's trial boundaries."""
+
+    def __init__(self, study: optuna.Study, interval: float | None = None) -> None:
+        storage = study._storage
+        if interval is None and is_heartbeat_enabled(storage):
+            interval = float(storage.get_heartbeat_interval())  # type: ignore[attr-defined]
+        self._study = study
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checks = 0
+
+    def start(self) -> StaleTrialWatch:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="stale-trial-watch")
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                fail_stale_trials(self._study)
+                self.checks += 1
+            except Exception:  # the storage is unavailable: the main thread reports that
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def run_worker(
     study: optuna.Study,
     *,
@@ -48,8 +95,29 @@ def run_worker(
 ) -> str:
     """Run trials until the study has ``n_trials`` finished ones; return why it stopped."""
     objective.on_start = lock.release
-    failures = 0
     t0 = time.monotonic()
+    watch = StaleTrialWatch(study).start()
+    try:
+        return _budget_loop(
+            study, objective, n_trials, lock, timeout, callbacks, progress, max_consecutive_failures, poll_s, t0
+        )
+    finally:
+        watch.stop()
+
+
+def _budget_loop(
+    study: optuna.Study,
+    objective: Objective,
+    n_trials: int,
+    lock: st.BudgetLock,
+    timeout: float | None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
+    progress: Progress,
+    max_consecutive_failures: int,
+    poll_s: float,
+    t0: float,
+) -> str:
+    failures = 0
     seen: dict[str, Any] = {"last": None}
 
     def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -60,9 +128,7 @@ def run_worker(
             return "timeout"
         lock.acquire()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
             finished, running, best = count_trials(study)
             if finished >= n_trials:
                 progress.update(finished, running, best)

@@ -3,36 +3,54 @@
 * SQLite by default (``studies/NAME.db``, one process); ``EVO_FPN_STORAGE`` or ``--storage``
   choose another. PostgreSQL (``postgresql+psycopg://user@host/db``) for many workers: the
   password comes from the URL, ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both), and is
-  masked wherever a URL is printed (:func:`mask_url`).
-* :func:`check_storage` validates a URL and, for PostgreSQL, connects once, turning driver
-  errors into one line that names the fix. It writes nothing (a SQLite file is not created).
-* :func:`open_storage` builds Optuna's ``RDBStorage`` with small connection pools, heartbeats and
-  ``RetryHeartbeatStaleTrialCallback``, so a killed worker's trial is failed and retried.
+  masked wherever a URL is printed (:func:`mask_url`). ``grpc://HOST:PORT`` is an evo-fpn
+  storage server (:mod:`evo_fpn.storage_server`), which holds the database connections for
+  any number of workers.
+* :func:`check_storage` validates a URL and connects once, turning driver errors into one
+  line that names the fix. It writes nothing (a SQLite file is not created).
+* :func:`open_storage` builds the storage with heartbeats and ``RetryHeartbeatStaleTrialCallback``,
+  so a killed worker's trial is failed and retried, wrapped in
+  :class:`~evo_fpn.storage_retry.RetryingStorage`, so that a worker waits out a database
+  restart or ``too many clients`` instead of dying.
 * :class:`BudgetLock` serialises "count finished trials, then ask" across workers (a
-  PostgreSQL advisory lock), which is what makes the study budget exact.
+  PostgreSQL advisory lock, or a lease held by the storage server), which is what makes the
+  study budget exact.
+
+Connections per direct PostgreSQL worker, measured by ``benchmarks/bench_workers.py``: the
+main thread's session, the heartbeat thread's, the stale-trial check's and the budget lock's
+own connection, so up to 4 each (the pool allows 2 + 2 overflow, plus the lock's): a server
+with the default ``max_connections = 100`` holds about 25-30 workers. Through the storage
+server a worker holds none; the server holds its pool (``--pool-size``, default 8) + 1.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
 
 from evo_fpn.cli import UsageError
+from evo_fpn.storage_retry import ENV_WAIT, RetryingStorage, StorageUnavailable, Waiter, call_with_retry
 
 ENV_STORAGE = "EVO_FPN_STORAGE"
 DEFAULT_DIR = Path("studies")
 POOL_KWARGS: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
-"""Per worker: the main thread and the heartbeat thread each need a connection; keep it small
-so a hundred workers stay far below PostgreSQL's ``max_connections``."""
+"""Per direct worker: the main, heartbeat and stale-check threads each take a connection when
+they need one (plus the budget lock's own). Many workers: use the storage server instead."""
 CONNECT_TIMEOUT_S = 10
+ORPHAN_AFTER_S = 120
+"""A RUNNING trial without any heartbeat this long after its start beyond the grace period is
+stale too (its worker died between ``ask`` and its first heartbeat, or its ``ask`` was retried)."""
 
 
 class StorageError(UsageError):
@@ -111,6 +129,13 @@ def parse_url(url: str) -> URL:
             "postgresql+psycopg://USER@HOST:PORT/DBNAME"
         ) from None
     backend = parsed.get_backend_name()
+    if backend == "grpc":
+        if not parsed.host or not parsed.port or parsed.database or parsed.username:
+            raise StorageError(
+                f"storage server URL {mask_url(url)!r} must be grpc://HOST:PORT "
+                "(start the server with python -m evo_fpn.storage_server --storage DATABASE_URL)"
+            )
+        return parsed
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise StorageError(
@@ -127,8 +152,8 @@ def parse_url(url: str) -> URL:
             raise StorageError(f"storage URL {mask_url(url)!r} names no database: add /DBNAME at the end")
         return parsed
     raise StorageError(
-        f"unsupported storage {backend!r} in {mask_url(url)!r}: use sqlite:///FILE.db (one process) or "
-        "postgresql+psycopg://USER@HOST:PORT/DBNAME (many workers)"
+        f"unsupported storage {backend!r} in {mask_url(url)!r}: use sqlite:///FILE.db (one process), "
+        "postgresql+psycopg://USER@HOST:PORT/DBNAME (many workers) or grpc://HOST:PORT (a storage server)"
     )
 
 
@@ -139,6 +164,30 @@ def normalise_url(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return parse_url(url).get_backend_name() == "sqlite"
+
+
+def is_grpc(url: str) -> bool:
+    """Whether ``url`` names an evo-fpn storage server (``grpc://HOST:PORT``)."""
+    return parse_url(url).get_backend_name() == "grpc"
+
+
+def describe_url(url: str) -> str:
+    """``PostgreSQL at host:port`` / ``the storage server at host:port``, for status lines."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "grpc":
+        return f"the storage server at {parsed.host}:{parsed.port}"
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite {parsed.database}"
+    return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+
+def _waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter:
+    fix = (
+        "start it (python -m evo_fpn.storage_server --storage DATABASE_URL) or fix --storage"
+        if is_grpc(url)
+        else "check that the server is up and has free connections (max_connections), or use a storage server"
+    )
+    return Waiter(describe_url(url), log=log, fix=fix, scrub=lambda text: _scrub(text, url))
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -174,18 +223,34 @@ def check_storage(url: str) -> None:
             if head and head != b"SQLite format 3\x00":
                 raise StorageError(f"{path} exists but is not a SQLite database: choose another --storage file")
         return
+    if parsed.get_backend_name() == "grpc":
+        from evo_fpn import storage_server
+
+        storage_server.check_server(parsed.host, int(parsed.port), waiter=_waiter(url))
+        return
     engine = sqlalchemy.create_engine(
         parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
     )
-    try:
+
+    def ping() -> None:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
+
+    waiter = _waiter(url)
+    try:
+        call_with_retry(ping, waiter)
     except ImportError:
         raise StorageError("PostgreSQL needs psycopg 3: pip install 'evo-fpn[postgres]'") from None
     except sqlalchemy.exc.OperationalError as exc:
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"cannot use {mask_url(url)}: {_scrub(str(exc), url)}") from None
+    except StorageUnavailable as exc:  # waited in vain: say what the last error means
+        last = exc.__context__
+        text = str(getattr(last, "orig", None) or last)
+        raise StorageError(
+            f"{explain_pg_error(text, parsed)} (waited {waiter.waited:.0f} s; ${ENV_WAIT} sets how long)"
+        ) from None
     finally:
         engine.dispose()
 
@@ -222,38 +287,127 @@ def _short(msg: str) -> str:
 
 
 def open_storage(
-    url: str, *, heartbeat_interval: int, grace_period: int, max_retry: int | None
-) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage with small pools, heartbeats and retry of stale trials.
+    url: str,
+    *,
+    heartbeat_interval: int,
+    grace_period: int,
+    max_retry: int | None,
+    engine_overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RetryingStorage:
+    """The study's storage: heartbeats, retry of stale trials, and waiting out outages.
 
     Call only after :func:`check_storage` (this creates the SQLite file / the tables).
+    ``grpc://`` URLs get the storage server's client (:class:`evo_fpn.storage_server.GrpcStorage`).
     """
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "grpc":
+        from evo_fpn import storage_server
+
+        client = storage_server.GrpcStorage(
+            host=str(parsed.host),
+            port=int(parsed.port),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=callback,
+        )
+        w = _waiter(url, log)
+        return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)
+    rdb = open_rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, callback=callback,
+                   engine_overrides=engine_overrides, log=log)  # fmt: skip
+    w = _waiter(url, log)
+    return RetryingStorage(
+        optuna.storages._CachedStorage(rdb),
+        what=w.what,
+        heartbeat=rdb,
+        stale_trial_ids=lambda study_id: stale_trial_ids(rdb, study_id, grace_period),
+        wait_s=w.wait_s,
+        log=log,
+        fix=w.fix,
+        scrub=w.scrub,
+    )
+
+
+def open_rdb(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+    engine_overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage (tables created one worker at a time), waiting out outages."""
     parsed = parse_url(url)
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    # Workers starting together on a fresh database would race to create Optuna's tables
-    # (PostgreSQL then raises UniqueViolation): create them one worker at a time.
-    schema_lock = BudgetLock(url, "\x00schema")
+
+    def build() -> optuna.storages.RDBStorage:
+        # Workers starting together on a fresh database would race to create Optuna's tables
+        # (PostgreSQL then raises UniqueViolation): create them one worker at a time.
+        schema_lock = BudgetLock(url, "\x00schema", log=log)
+        try:
+            schema_lock.acquire()
+            return optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False),
+                engine_kwargs={**engine_kwargs(url), **(engine_overrides or {})},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
+        finally:
+            schema_lock.close()
+
     try:
-        schema_lock.acquire()
-        storage = optuna.storages.RDBStorage(
-            parsed.render_as_string(hide_password=False),
-            engine_kwargs=engine_kwargs(url),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        storage = call_with_retry(build, _waiter(url, log))
     except sqlalchemy.exc.OperationalError as exc:
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
-    finally:
-        schema_lock.close()
+    except optuna.exceptions.StorageInternalError as exc:
+        raise StorageError(explain_pg_error(str(getattr(exc.__cause__, "orig", None) or exc), parsed)) from None
     if path is not None:
         # Every suggest is a commit: WAL + synchronous=NORMAL makes them cheap (safe against a
         # crashed process, not a crashed OS) and lets optuna-dashboard read while we write.
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
     return storage
+
+
+def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, grace_period: float) -> list[int]:
+    """RUNNING trials whose heartbeat is older than ``grace_period`` (Optuna's rule), and those
+    that never had one :data:`ORPHAN_AFTER_S` seconds past the grace period after their start
+    (Optuna skips them, and one would then hold a budget slot for ever)."""
+    from optuna.storages._rdb import models
+
+    session = rdb.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.func.now()).scalar()
+        assert now is not None
+        now = now.replace(tzinfo=None)
+        running = (
+            session.query(models.TrialModel)
+            .options(sqlalchemy.orm.selectinload(models.TrialModel.heartbeats))
+            .filter(models.TrialModel.state == TrialState.RUNNING, models.TrialModel.study_id == study_id)
+            .all()
+        )
+        grace = datetime.timedelta(seconds=grace_period)
+        orphan = datetime.timedelta(seconds=grace_period + ORPHAN_AFTER_S)
+        local_now = datetime.datetime.now()  # datetime_start is the writer's local time
+        out = []
+        for t in running:
+            if t.heartbeats:
+                if now - t.heartbeats[0].heartbeat > grace:
+                    out.append(t.trial_id)
+            elif t.datetime_start is not None and local_now - t.datetime_start > orphan:
+                out.append(t.trial_id)
+        session.commit()
+        return out
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        session.rollback()
+        raise optuna.exceptions.StorageInternalError(f"stale-trial query failed: {exc}") from exc
+    finally:
+        session.close()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -269,8 +423,17 @@ def study_exists(url: str, study_name: str) -> bool:
     if path is not None and not path.exists():
         return False
     parsed = parse_url(url)
-    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
-    try:
+    if parsed.get_backend_name() == "grpc":
+        from evo_fpn import storage_server
+
+        return call_with_retry(
+            lambda: storage_server.study_exists(str(parsed.host), int(parsed.port), study_name), _waiter(url)
+        )
+    engine = sqlalchemy.create_engine(
+        parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=engine_kwargs(url)["connect_args"]
+    )
+
+    def query() -> bool:
         with engine.connect() as conn:
             if not sqlalchemy.inspect(conn).has_table("studies"):
                 return False
@@ -278,36 +441,75 @@ def study_exists(url: str, study_name: str) -> bool:
                 sqlalchemy.text("SELECT 1 FROM studies WHERE study_name = :n"), {"n": study_name}
             ).first()
             return row is not None
+
+    try:
+        return call_with_retry(query, _waiter(url))
     finally:
         engine.dispose()
+
+
+def lock_key(name: str) -> int:
+    """The 64-bit advisory-lock key of a study name (the same in workers and the storage server)."""
+    return int.from_bytes(hashlib.sha256(f"evo_fpn:{name}".encode()).digest()[:8], "big", signed=True)
 
 
 class BudgetLock:
     """Mutual exclusion of "count the finished trials, then ask a new one" across workers.
 
     PostgreSQL: a session-level advisory lock keyed by the study name, on a connection of
-    its own (a SIGKILLed worker's lock dies with its connection). SQLite (one process): a
-    plain thread lock. Re-entrant release is a no-op, so the objective may release early.
+    its own (a SIGKILLed worker's lock dies with its connection). A storage server
+    (``grpc://``): a lease the server grants, renewed while held and expiring when its
+    worker dies; the server takes the same advisory lock, so direct and served workers
+    exclude each other. SQLite (one process): a plain thread lock. Re-entrant release is a
+    no-op, so the objective may release early. A lost database connection is waited out.
     """
 
-    def __init__(self, url: str, study_name: str) -> None:
-        self._key = int.from_bytes(hashlib.sha256(f"evo_fpn:{study_name}".encode()).digest()[:8], "big", signed=True)
+    def __init__(self, url: str, study_name: str, *, log: Callable[[str], None] | None = None) -> None:
+        self._key = lock_key(study_name)
+        self._url = url
+        self._log = log
         self._thread_lock = threading.Lock()
         self._held = False
         self._engine = None
         self._conn = None
-        if not is_sqlite(url):
+        self._lease = None
+        parsed = parse_url(url)
+        if parsed.get_backend_name() == "grpc":
+            from evo_fpn import storage_server
+
+            host, port = str(parsed.host), int(parsed.port)
+            self._lease = storage_server.LeaseLock(host, port, study_name, waiter=_waiter(url, log))
+        elif parsed.get_backend_name() != "sqlite":
             self._engine = sqlalchemy.create_engine(
-                parse_url(url), poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+                parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
             )
+
+    def _advisory_lock(self) -> None:
+        assert self._engine is not None
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = None
+            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        except sqlalchemy.exc.SQLAlchemyError:
+            self._drop_conn()
+            raise
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken
+                pass
+        self._conn = None
 
     def acquire(self) -> None:
         self._thread_lock.acquire()
         try:
-            if self._engine is not None:
-                if self._conn is None or self._conn.closed or self._conn.invalidated:
-                    self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+            if self._lease is not None:
+                self._lease.acquire()
+            elif self._engine is not None:
+                call_with_retry(self._advisory_lock, _waiter(self._url, self._log))
         except BaseException:
             self._thread_lock.release()
             raise
@@ -318,22 +520,24 @@ class BudgetLock:
             return
         self._held = False
         try:
-            if self._conn is not None:
+            if self._lease is not None:
+                self._lease.release()
+            elif self._conn is not None:
                 try:
                     self._conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
                 except sqlalchemy.exc.SQLAlchemyError:
                     # The connection died, and the server dropped the lock with it.
-                    self._conn = None
+                    self._drop_conn()
         finally:
             self._thread_lock.release()
 
     def close(self) -> None:
         self.release()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop_conn()
         if self._engine is not None:
             self._engine.dispose()
+        if self._lease is not None:
+            self._lease.close()
 
     def __enter__(self) -> BudgetLock:
         self.acquire()

@@ -114,13 +114,15 @@ def test_wrong_password_is_one_line_and_writes_nothing(
 
 
 def test_unreachable_server_and_missing_database_are_one_line_errors(
-    tmp_path: Path, pg_cluster: PgCluster, capsys: pytest.CaptureFixture
+    tmp_path: Path, pg_cluster: PgCluster, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_study(tmp_path, n_trials=2)
+    monkeypatch.setenv("EVO_FPN_STORAGE_WAIT", "0")  # an unreachable server is waited for; not here
     dead = f"postgresql+psycopg://evo:pw@127.0.0.1:{free_port()}/evo"
     assert main(["--study", "syn.toml", "--storage", dead, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach PostgreSQL at 127.0.0.1:" in err and "start the server" in err and "\n" not in err
+    assert "waited 0 s; $EVO_FPN_STORAGE_WAIT sets how long" in err
     assert ":pw@" not in err
     missing = pg_cluster.url("no_such_db")
     assert main(["--study", "syn.toml", "--storage", missing, "--no-progress"]) == 2
