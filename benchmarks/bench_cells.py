@@ -44,24 +44,31 @@ ARCHS: dict[str, ArchSpec | str] = {
 }
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    # the norm in the cells (and, for the control, in torchvision's FPN)
-    "bn_recal": {"norm_recal_batches": 50},  # BatchNorm statistics re-estimated on 50 train batches
-    "group": {"neck_norm": "group"},
-    "none": {"neck_norm": "none"},
+    "default": {},  # the shipped defaults (1 repeat since the depth finding)
+    # depth
+    "repeats2": {"repeats": 2},
+    "repeats3": {"repeats": 3},  # the shipped default before the depth finding: the ablations below ran on it
+    # the norm in the cells (and, for the control, in torchvision's FPN), at 3 repeats where the gap was
+    "bn_recal": {"repeats": 3, "norm_recal_batches": 50},  # BatchNorm statistics re-estimated on 50 train batches
+    "group": {"repeats": 3, "neck_norm": "group"},
+    "none": {"repeats": 3, "neck_norm": "none"},
     "fpn_batch": {"fpn_norm": "batch"},  # torchvision FPN with BatchNorm (NAS-FPN necks: unchanged)
     # the recipe: no weight decay on norm weights and biases (the authors' code decays conv weights only)
-    "no_norm_decay": {"norm_decay": False},
-    # depth
-    "repeats1": {"repeats": 1},
-    "repeats2": {"repeats": 2},
-    # deep supervision
-    "anytime": {"anytime": True},
-    # budget
+    "no_norm_decay": {"repeats": 3, "norm_decay": False},
+    # deep supervision (a head on every repeat's pyramid)
+    "anytime": {"repeats": 3, "anytime": True},
+    # budget: the gap against training length (the default is 16 epochs)
+    "epochs8": {"epochs": 8.0},
     "epochs32": {"epochs": 32.0},
 }
 """Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
-for it those settings equal ``default`` and are not run twice)."""
+for it those settings equal ``default`` and are not run twice). Records are matched to a
+setting by the network and recipe they trained (:func:`record_key`), not by the setting's name,
+so a change of the shipped defaults keeps every record in its right row."""
+
+LEGACY_BASE: dict[str, Any] = {"repeats": 3}
+"""Records written before the default became 1 repeat carry no ``config``: they ran on the
+base configuration with these fields (checked against their fingerprint when read)."""
 
 
 def base_config(mode: str) -> ProxyConfig:
@@ -73,18 +80,37 @@ def config_for(mode: str, setting: str) -> ProxyConfig:
     return base_config(mode).replace(**SETTINGS[setting])
 
 
-def _as_built(config: ProxyConfig, arch: str) -> dict[str, Any]:
+def _as_built(config: ProxyConfig | dict[str, Any], arch: str) -> dict[str, Any]:
     """The fields of ``config`` that change the detector ``arch`` trains (for
     torchvision's FPN: not repeats, anytime or BatchNorm recalibration; its norm as built)."""
-    d = config.to_dict()
+    d = dict(config.to_dict() if isinstance(config, ProxyConfig) else config)
     if arch == "torchvision_fpn":
-        norm = config.fpn_norm or ("none" if config.neck_norm == "batch" else config.neck_norm)
+        norm = d["fpn_norm"] or ("none" if d["neck_norm"] == "batch" else d["neck_norm"])
         for k in ("repeats", "anytime", "norm_recal_batches", "neck_norm", "fpn_norm"):
             d.pop(k)
         d["built_norm"] = norm
     else:
         d.pop("fpn_norm")
+    d.pop("seed", None)
     return d
+
+
+def run_key(config: ProxyConfig | dict[str, Any], arch: str) -> str:
+    """What one (arch, seed) run trained, as a string: equal for runs that trained the same thing."""
+    return json.dumps(_as_built(config, arch), sort_keys=True)
+
+
+def record_config(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The full configuration a record ran (``None``: a stale record that matches no known base)."""
+    if "config" in record:
+        return record["config"]
+    config = base_config(record["mode"]).replace(**LEGACY_BASE).replace(**record.get("changes", {}))
+    return config.to_dict() if config.fingerprint() == record["fingerprint"] else None
+
+
+def record_key(record: dict[str, Any]) -> str | None:
+    config = record_config(record)
+    return None if config is None else run_key(config, record["arch"])
 
 
 def applies(arch: str, setting: str, mode: str = "proxy") -> bool:
@@ -99,7 +125,7 @@ def load_records(path: Path = RECORDS) -> list[dict[str, Any]]:
 
 
 def done_keys(records: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
-    return {(r["fingerprint"], r["arch"], r["seed"]) for r in records}
+    return {(key, r["arch"], r["seed"]) for r in records if (key := record_key(r)) is not None}
 
 
 def jobs(modes: list[str], settings: list[str], archs: list[str], seeds: int) -> list[tuple[str, str, str, int]]:
@@ -127,6 +153,7 @@ def run_one(mode: str, setting: str, arch: str, seed: int, *, device: str) -> di
         "arch": arch,
         "seed": seed,
         "spec": spec_json(ARCHS[arch]),
+        "config": config.replace(seed=seed).to_dict(),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "threads": torch.get_num_threads(),
         **{k: v for k, v in metrics.items() if k not in ("spec", "spec_hash", "history")},
@@ -134,12 +161,18 @@ def run_one(mode: str, setting: str, arch: str, seed: int, *, device: str) -> di
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (mode, setting, arch) over the records of the *current* configuration."""
-    current = {(m, s): config_for(m, s).fingerprint() for m in ("proxy", "reference") for s in SETTINGS}
+    """One row per (mode, setting, arch) over the records that trained what the setting trains now."""
+    keyed = [(record_key(r), r) for r in records]
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        if current.get((r["mode"], r["setting"])) == r["fingerprint"]:
-            groups.setdefault((r["mode"], r["setting"], r["arch"]), []).append(r)
+    for mode in ("proxy", "reference"):
+        for setting in SETTINGS:
+            for arch in ARCHS:
+                if not applies(arch, setting, mode):
+                    continue
+                key = run_key(config_for(mode, setting), arch)
+                runs = [r for k, r in keyed if k == key and r["mode"] == mode and r["arch"] == arch]
+                if runs:
+                    groups[(mode, setting, arch)] = runs
     rows = []
     for (mode, setting, arch), runs in groups.items():
         runs = sorted({r["seed"]: r for r in runs}.values(), key=lambda r: r["seed"])
@@ -211,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [
             j
             for j in jobs(modes, settings, archs, args.seeds)
-            if (config_for(j[0], j[1]).fingerprint(), j[2], j[3]) not in done
+            if (run_key(config_for(j[0], j[1]), j[2]), j[2], j[3]) not in done
         ]
         mine = todo[shard::shards][: args.max_runs or None]
         print(f"{len(todo)} runs missing; this process runs {len(mine)}", file=sys.stderr, flush=True)

@@ -114,12 +114,13 @@ def test_cells_report_prints_the_recorded_rows_as_one_json_list(
     rows = [("default", "published", 0, 0.20), ("default", "published", 1, 0.22), ("none", "fpn", 0, 0.3)]
     with records.open("w") as f:
         for setting, arch, seed, ap in rows:
-            fp = bench_cells.config_for("proxy", setting).fingerprint()
-            rec = {"fingerprint": fp, "mode": "proxy", "setting": setting, "arch": arch, "seed": seed, "ap": ap,
+            config = bench_cells.config_for("proxy", setting)
+            rec = {"fingerprint": config.fingerprint(), "config": config.to_dict(), "mode": "proxy",
+                   "setting": setting, "arch": arch, "seed": seed, "ap": ap,
                    "ap50": 2 * ap, "neck_flops": 1000, "neck_params": 10, "train_seconds": 5.0,
                    "threads": 1}  # fmt: skip
             f.write(json.dumps(rec) + "\n")
-        stale = {**rec, "fingerprint": "0" * 16, "seed": 7}  # another configuration: not this table's
+        stale = {**rec, "config": {**rec["config"], "epochs": 3.0}, "seed": 7}  # trained something else
         f.write(json.dumps(stale) + "\n")
     assert bench_cells.main(["--report", "--json", "--records", str(records)]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -129,10 +130,41 @@ def test_cells_report_prints_the_recorded_rows_as_one_json_list(
     assert first["ap_std"] == pytest.approx(0.01414, abs=1e-4) and out[1]["ap_std"] is None
 
 
+def test_cells_records_without_a_config_land_in_the_row_of_what_they_trained(tmp_path: Path) -> None:
+    # Records written before the default became 1 repeat name the setting of their day: "default"
+    # then meant 3 repeats, "repeats1" what is now the default. Unknown fingerprints are stale.
+    from benchmarks import bench_cells
+    from benchmarks.bench_fidelity import REFERENCES
+
+    old_default = PRESETS["default"].replace(seeds=1, repeats=3)
+    base = {"ap50": 0.4, "neck_flops": 1, "neck_params": 1, "train_seconds": 1.0, "threads": 1, "seed": 0}
+    records = [
+        {**base, "mode": "proxy", "setting": "default", "changes": {}, "arch": "published", "ap": 0.17,
+         "fingerprint": old_default.fingerprint()},
+        {**base, "mode": "proxy", "setting": "repeats1", "changes": {"repeats": 1}, "arch": "published", "ap": 0.25,
+         "fingerprint": old_default.replace(repeats=1).fingerprint()},
+        {**base, "mode": "reference", "setting": "default", "changes": {}, "arch": "torchvision_fpn", "ap": 0.5,
+         "fingerprint": REFERENCES["adamw-8ep"].replace(repeats=3).fingerprint()},
+        {**base, "mode": "proxy", "setting": "default", "changes": {}, "arch": "fpn", "ap": 0.9,
+         "fingerprint": "0" * 16},
+    ]  # fmt: skip
+    rows = {(r["mode"], r["setting"], r["arch"]): r["ap_mean"] for r in bench_cells.summarise(records)}
+    assert rows == {
+        ("proxy", "default", "published"): 0.25,
+        ("proxy", "repeats3", "published"): 0.17,
+        ("reference", "default", "torchvision_fpn"): 0.5,  # its repeats never mattered
+    }
+    assert bench_cells.done_keys(records) == {
+        (bench_cells.run_key(bench_cells.config_for(m, s), a), a, 0)
+        for m, s, a in [("proxy", "default", "published"), ("proxy", "repeats3", "published"),
+                        ("reference", "default", "torchvision_fpn")]
+    }  # fmt: skip
+
+
 def test_cells_settings_run_only_where_they_change_the_network() -> None:
     from benchmarks.bench_cells import applies
 
     assert applies("torchvision_fpn", "default") and applies("torchvision_fpn", "group")
     assert applies("torchvision_fpn", "fpn_batch") and not applies("published", "fpn_batch")
-    for setting in ("none", "repeats1", "anytime", "bn_recal"):  # torchvision's FPN: no norm, no repeats
+    for setting in ("none", "repeats3", "anytime", "bn_recal"):  # torchvision's FPN: no norm, no repeats
         assert not applies("torchvision_fpn", setting) and applies("published", setting)
