@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+CONNECTIONS_SQL = (
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
 USER = "evo"
 PASSWORD = "evo-test-secret"
 
@@ -113,6 +116,23 @@ class PgCluster:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
+
+    def restart(self) -> None:
+        """``pg_ctl restart`` (fast mode: every client connection is terminated), same port."""
+        assert self.root is not None, "start the cluster first"
+        self._pg(
+            [str(self._bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "60", "restart"]
+        )
+
+    def connections(self) -> int:
+        """Client connections open now (this query's own excluded)."""
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname="postgres", autocommit=True
+        ) as conn:
+            row = conn.execute(CONNECTIONS_SQL).fetchone()
+        return int(row[0]) if row else 0
 
     def __enter__(self) -> PgCluster:
         return self.start()

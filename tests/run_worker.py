@@ -83,3 +83,38 @@ def states(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+def start_server(url: str, cwd: Path, *, pool_size: int = 4, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """``python -m evo_fpn.storage_server`` for ``url`` on a free port; returns it and its ``grpc://`` URL."""
+    from evo_fpn.testing_pg import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evo_fpn.storage_server", "--storage", url, "--port", str(port)]
+        + ["--pool-size", str(pool_size)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the server's one line once it listens (or its error)
+    if proc.poll() is not None or "storage server for" not in line:
+        proc.kill()
+        raise AssertionError(f"storage server did not start: {line}{proc.stderr.read()}")
+    return proc, f"grpc://localhost:{port}"
+
+
+def stop(proc: subprocess.Popen | None) -> str:
+    """Stop a process we started (SIGTERM, then SIGKILL) and return its stderr."""
+    if proc is None:
+        return ""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    _, err = proc.communicate()
+    return err or ""
