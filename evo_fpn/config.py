@@ -10,6 +10,13 @@ A study file (all keys optional; unknown keys are refused so typos do not pass s
     device = "auto"          # auto | cpu | cuda
     threads = 1              # CPU threads per worker (optional; torch's default otherwise)
     data = "/path/to/coco"   # COCO-format dataset (optional; default: built-in dataset)
+    objectives = ["ap", "neck_flops"]  # the study's values (default ["ap"]): ap, neck_flops, total_flops,
+                             # neck_params, total_params, latency_ms; "ap" first, each in its natural direction
+    max_neck_flops = 2e8     # budgets (optional): an architecture over one is never trained (evo_fpn.limits)
+    max_params = 4e6         # the whole detector's parameters
+    max_latency_ms = 30.0
+    latency_warmup = 5       # latency_ms: forward passes before timing, then the median of latency_runs
+    latency_runs = 20
 
     [proxy]                  # overrides of the preset's fields
     epochs = 2
@@ -46,8 +53,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from evo_fpn import objectives
+from evo_fpn import objectives, record
 from evo_fpn.errors import UsageError
+from evo_fpn.limits import BUDGET_METRICS, Budgets
 from evo_fpn.space import SpaceConfig
 
 try:  # Python >= 3.11
@@ -57,7 +65,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 SAMPLERS: tuple[str, ...] = ("evolution", "rl", "random", "tpe", "nsga2")
 PRUNERS: tuple[str, ...] = ("none", "median", "percentile", "hyperband", "successive_halving")
-PRESET_NAMES: tuple[str, ...] = ("quick", "default", "paper")
+PRESET_NAMES: tuple[str, ...] = ("quick", "default", "lite", "paper")
+OBJECTIVE_NAMES: tuple[str, ...] = tuple(record.DIRECTIONS)
+"""What a study may optimise (``objectives``), each in its natural direction (:data:`evo_fpn.record.DIRECTIONS`)."""
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 OBJECTIVES: tuple[str, ...] = objectives.names()  # the built-ins; the registry may hold more
 STUDY_DIR_NAME = "studies"
@@ -118,8 +128,15 @@ class StudyConfig:
     pruner: str = "none"
     pruner_settings: Mapping[str, Any] = field(default_factory=dict)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    objectives: tuple[str, ...] = ("ap",)
+    max_neck_flops: float | None = None
+    max_params: float | None = None
+    max_latency_ms: float | None = None
+    latency_warmup: int = 5
+    latency_runs: int = 20
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", _objective_names(self.objectives))
         if not _NAME_RE.match(self.name):
             raise ConfigError(
                 f"study name {self.name!r} is not allowed: use letters, digits, '-', '_' or '.' (max 100)"
@@ -137,11 +154,51 @@ class StudyConfig:
         _check_choice(self.objective, "objective", objectives.names())
         _check_choice(self.sampler, "sampler", SAMPLERS)
         _check_choice(self.pruner, "pruner", PRUNERS)
+        if len(self.objectives) > 1 and self.pruner != "none":
+            raise ConfigError(
+                f"pruner {self.pruner!r} cannot stop a study with {len(self.objectives)} objectives (Optuna prunes "
+                'single-objective studies only): set pruner none, or objectives = ["ap"]'
+            )
+        try:
+            Budgets(**{b: getattr(self, b) for b in BUDGET_METRICS})
+        except ValueError as exc:
+            raise ConfigError(f"{exc}: give a budget as a number, e.g. max_neck_flops = 2e8") from None
+        _check_int(self.latency_warmup, "latency_warmup", 0)
+        _check_int(self.latency_runs, "latency_runs", 1)
 
     @property
     def value_names(self) -> tuple[str, ...]:
-        """The metrics that are the study's values (one maximised AP; the seam for several)."""
-        return ("ap",)
+        """The metrics that are the study's values: its ``objectives`` (default: AP alone)."""
+        return self.objectives
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(**{b: getattr(self, b) for b in BUDGET_METRICS})
+
+    @property
+    def measures_latency(self) -> bool:
+        """Whether every trial's latency is measured (an objective or a budget needs it)."""
+        return "latency_ms" in self.objectives or self.max_latency_ms is not None
+
+    @property
+    def counts_costs(self) -> bool:
+        """Whether trials need their counted costs (a cost objective or budget needs them)."""
+        return any(n in record.COST_METRICS for n in self.objectives) or bool(
+            self.max_neck_flops is not None or self.max_params is not None
+        )
+
+    def cost_aware(self) -> dict[str, Any]:
+        """The cost-aware settings that differ from a plain AP study: recorded with it and hashed
+        into its fingerprint. Empty for ``objectives = ["ap"]`` without budgets, so those studies
+        keep the fingerprint they always had."""
+        out: dict[str, Any] = {}
+        if self.objectives != ("ap",):
+            out["objectives"] = list(self.objectives)
+        if self.budgets:
+            out["budgets"] = self.budgets.to_dict()
+        if self.measures_latency:
+            out["latency"] = {"warmup": self.latency_warmup, "runs": self.latency_runs}
+        return out
 
     @property
     def proxy(self) -> Mapping[str, Any]:
@@ -171,6 +228,7 @@ class StudyConfig:
             "sampler": {"name": self.sampler, "settings": dict(self.sampler_settings)},
             "pruner": {"name": self.pruner, "settings": dict(self.pruner_settings)},
             "runner": {f.name: getattr(self.runner, f.name) for f in fields(RunnerConfig)},
+            **self.cost_aware(),
         }
 
 
@@ -253,7 +311,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 _TOP_KEYS = {
     "description", "n_trials", "timeout", "seed", "preset", "device", "threads", "data", "objective",
-    "space", "sampler", "pruner", "runner",
+    "space", "sampler", "pruner", "runner", "objectives", *BUDGET_METRICS, "latency_warmup", "latency_runs",
 }  # fmt: skip
 """Top-level keys of a study file, besides the objectives' tables (:func:`evo_fpn.objectives.sections`)."""
 
@@ -285,7 +343,8 @@ def config_from_mapping(name: str, data: Mapping[str, Any], *, source: str = "")
     if bad:
         raise ConfigError(f"{where}: unknown [runner] key {bad[0]!r}; known: {', '.join(sorted(known_runner))}")
     kwargs: dict[str, Any] = {k: data[k] for k in ("description", "n_trials", "timeout", "seed", "preset", "device",
-                                                   "threads", "data", "objective") if k in data}  # fmt: skip
+                                                   "threads", "data", "objective", "objectives", *BUDGET_METRICS,
+                                                   "latency_warmup", "latency_runs") if k in data}  # fmt: skip
     if kwargs.get("timeout") == 0:
         kwargs["timeout"] = None
     if kwargs.get("data") == "":
@@ -381,6 +440,23 @@ def pruner_settings_for(cfg: StudyConfig) -> dict[str, Any]:
 
 
 # -- checks ------------------------------------------------------------------------------
+def _objective_names(value: Any) -> tuple[str, ...]:
+    """``["ap", "neck_flops"]`` or ``"ap,neck_flops"`` (``--objectives``) -> a checked tuple."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f'objectives must be a list of names such as ["ap", "neck_flops"], got {value!r}')
+    unknown = [n for n in names if n not in record.DIRECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown objective {unknown[0]!r}: choose among {', '.join(record.DIRECTIONS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"objectives {list(names)} name one twice: list each once")
+    if names[0] != "ap":
+        raise ConfigError(
+            f'objectives {list(names)} must start with "ap" (AP against costs): e.g. ["ap", "{names[0]}"]'
+        )
+    return tuple(names)
+
+
 def _check_int(value: Any, what: str, minimum: int, fix: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}" + (f": {fix}" if fix else ""))

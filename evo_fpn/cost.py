@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,18 +80,19 @@ def neck_cost(
     image_size: int | Sequence[int],
     *,
     norm_layer: Callable[[int], nn.Module] | None = None,
+    conv: str = "conv3x3",
 ) -> dict[str, int]:
     """Parameters and per-image FLOPs of the neck ``build_neck`` makes for these settings.
 
     Returns ``neck_params`` (input projections included), ``neck_flops`` (at ``image_size``),
     ``projection_params`` (the 1x1 input projections, or the FPN's lateral convs) and
     ``conv3x3_per_repeat`` (3x3 convs per repeat; torchvision's FPN counts as one repeat).
-    ``norm_layer`` as for ``build_neck`` (norms add parameters, no counted FLOPs).
+    ``norm_layer`` and ``conv`` as for ``build_neck`` (norms add parameters, no counted FLOPs).
     """
     in_channels = resolve_backbone_channels(backbone_channels)
     shapes = backbone_feature_shapes(in_channels, image_size)
     with torch.device("meta"):
-        neck = build_neck(arch, in_channels, channels, repeats, norm_layer=norm_layer)
+        neck = build_neck(arch, in_channels, channels, repeats, norm_layer=norm_layer, conv=conv)
         inputs = [torch.empty(shape) for shape in shapes]
     projection = count_params(neck.projections if hasattr(neck, "projections") else neck.fpn.inner_blocks)
     conv3x3 = sum(1 for m in neck.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))
@@ -99,4 +101,37 @@ def neck_cost(
         "neck_flops": count_flops(neck, inputs),
         "projection_params": projection,
         "conv3x3_per_repeat": conv3x3 // len(getattr(neck, "stages", [neck])),
+    }
+
+
+def detector_costs(
+    config: Any, arch: ArchSpec | str, *, num_classes: int, backbone: tuple[int, int] | None = None
+) -> dict[str, int]:
+    """Neck and total parameters and per-image FLOPs of the RetinaNet that ``config`` (a
+    :class:`~evo_fpn.proxy_config.ProxyConfig`) builds for ``arch``, at its image size.
+
+    ``backbone``: ``(params, flops)`` of a backbone the trial does not run (cached features);
+    ``None`` counts the backbone from the model. Built on the ``meta`` device: milliseconds.
+    """
+    from evo_fpn.detector import neck_norm_layer
+
+    s = config.image_size
+    with torch.device("meta"):
+        model = config.build_detector(arch, num_classes=num_classes, with_backbone=backbone is None)
+    assert model.neck is not None
+    in_channels = tuple(model.neck.in_channels)
+    norm = neck_norm_layer(arch, config.neck_norm, config.fpn_norm)
+    neck = neck_cost(arch, in_channels, config.width, config.repeats, s, norm_layer=norm, conv=config.cell_conv)
+    if backbone is None:
+        assert model.backbone is not None
+        image = torch.empty(1, 3, s, s, device="meta")
+        backbone = (count_params(model.backbone), count_flops(model.backbone, image))
+    head = model.retina.head
+    sizes = [-(-s // 2**level) for level in model.levels]  # ceil halvings of the image, one per pyramid level
+    head_flops = count_flops(head, [torch.empty(1, config.width, n, n, device="meta") for n in sizes])
+    return {
+        "neck_params": neck["neck_params"],
+        "total_params": backbone[0] + neck["neck_params"] + count_params(head),
+        "neck_flops": neck["neck_flops"],
+        "total_flops": backbone[1] + neck["neck_flops"] + head_flops,
     }

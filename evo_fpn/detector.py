@@ -152,6 +152,11 @@ class Detector(nn.Module):
             raise ValueError(f"head_depth must lie in 0..4 (torchvision's head has 4 convs), got {head_depth}")
         if len(anchor_sizes) != 5:
             raise ValueError(f"need one anchor size per level P3..P7 (5), got {len(anchor_sizes)}")
+        # The neck's levels pick their anchor sizes: a P3-P6 (Lite) neck uses the first four.
+        self.levels: tuple[int, ...] = tuple(getattr(neck, "levels", (3, 4, 5, 6, 7)))
+        if not set(self.levels) <= {3, 4, 5, 6, 7}:
+            raise ValueError(f"the neck's levels {self.levels} must lie in P3..P7 (one anchor size each)")
+        anchor_sizes = [anchor_sizes[level - 3] for level in self.levels]
         self.backbone = backbone
         self.image_size = int(image_size)
         # The paper's "anytime" option: while training, the (shared) head also scores every
@@ -248,6 +253,7 @@ def build_detector(
     neck_norm: str = "batch",
     fpn_norm: str | None = None,
     anytime: bool = False,
+    cell_conv: str = "conv3x3",
     anchor_sizes: Sequence[float] = (8, 16, 32, 64, 128),
     anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -259,12 +265,12 @@ def build_detector(
 
     ``with_backbone=False`` builds only neck + head (for training on cached features);
     the backbone's C3..C5 channels still come from ``backbone``. Norms: :func:`neck_norm_layer`;
-    ``anytime``: see :class:`Detector`.
+    ``anytime``: see :class:`Detector`; ``cell_conv``: :data:`evo_fpn.neck.CELL_CONVS`.
     """
     body = Backbone(backbone, weights_path=weights_path)
     channels = body.out_channels
     norm = neck_norm_layer(arch, neck_norm, fpn_norm)
-    neck = build_neck(arch, channels, width, repeats, norm_layer=norm)
+    neck = build_neck(arch, channels, width, repeats, norm_layer=norm, conv=cell_conv)
     return Detector(
         backbone=body if with_backbone else None,
         neck=neck,

@@ -19,10 +19,23 @@ from evo_fpn.space import NasFpnSpace
 
 
 def build_sampler(cfg: StudyConfig, *, seed: int, space: NasFpnSpace) -> optuna.samplers.BaseSampler:
-    """The study's sampler, pinned to explicit settings so studies stay comparable."""
+    """The study's sampler, pinned to explicit settings so studies stay comparable.
+
+    What a sampler cannot do with the study's objectives is refused here, before anything is
+    written: the RL controller scores two objectives only through its MnasNet reward, which
+    needs ``cost_target``, and cannot score three."""
     from evo_fpn.samplers import make_sampler
 
     settings = sampler_settings_for(cfg)
+    n = len(cfg.objectives)
+    if cfg.sampler == "rl" and (n > 2 or (n == 2) != ("cost_target" in settings)):
+        if n > 2:
+            fix = "use two objectives (ap and one cost) or another sampler (evolution, nsga2, tpe, random)"
+        elif n == 2:
+            fix = "set [sampler.rl] cost_target = N, the N of its MnasNet reward AP * (cost / N) ** cost_weight"
+        else:
+            fix = 'cost_target only applies to two objectives: drop it, or set objectives = ["ap", COST]'
+        raise ConfigError(f"sampler 'rl' cannot run objectives {list(cfg.objectives)} as configured: {fix}")
     try:
         return make_sampler(cfg.sampler, seed=seed, constraints=space, **settings)
     except (TypeError, ValueError) as exc:

@@ -11,6 +11,9 @@ semantics follow the authors' TF code (see ``shared/DESIGN.md``):
 * A cell resamples its two inputs to its level (nearest upsampling or max pooling with
   kernel = stride = 2^diff), merges them (``sum`` or ``global_pool``), adds the unused
   same-level features (``ArchSpec.extra_inputs``) for output cells, then ReLU -> 3x3 conv -> norm.
+  The cell's conv is configuration (:data:`CELL_CONVS`): the paper's dense 3x3, or a
+  depthwise-separable 3x3 (depthwise 3x3 then pointwise 1x1, no norm between them, as TF's
+  ``SeparableConv2D`` in NAS-FPNLite and SSDLite) for mobile necks.
 * The architecture is repeated ``repeats`` times, each repeat with its own weights.
 
 ``build_neck`` is the one entry point the detector uses; ``"torchvision_fpn"`` gives
@@ -51,6 +54,21 @@ BACKBONE_CHANNELS: dict[str, tuple[int, int, int]] = {
 """C3, C4, C5 channels of named torchvision backbones (the proxy builds the backbones)."""
 
 FPN_NAME = "torchvision_fpn"
+
+CELL_CONVS: tuple[str, ...] = ("conv3x3", "separable3x3")
+"""The conv after every cell's merge: dense 3x3 (the paper) or depthwise-separable 3x3 (NAS-FPNLite)."""
+
+
+def cell_conv(kind: str, channels: int, bias: bool) -> nn.Module:
+    """The cell's ``channels -> channels`` conv of ``kind`` (one of :data:`CELL_CONVS`)."""
+    if kind == "conv3x3":
+        return nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=bias)
+    if kind == "separable3x3":
+        return nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False),
+            nn.Conv2d(channels, channels, kernel_size=1, bias=bias),
+        )
+    raise ValueError(f"unknown cell conv {kind!r}; choose one of {', '.join(CELL_CONVS)}")
 
 
 def _as_list(features: Mapping[str, Tensor] | Sequence[Tensor]) -> list[Tensor]:
@@ -115,6 +133,7 @@ class MergeCell(nn.Module):
         index: int,
         channels: int,
         norm_layer: NormFactory,
+        conv: str = "conv3x3",
     ) -> None:
         super().__init__()
         cell: Cell = spec.cells[index]
@@ -127,7 +146,7 @@ class MergeCell(nn.Module):
         self._desc = f"P{self.level} <- {cell.op}({names[0]}, {names[1]})" + "".join(f" + {n}" for n in names[2:])
         self.relu = nn.ReLU()
         self.norm = norm_layer(channels)
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=_needs_bias(self.norm))
+        self.conv = cell_conv(conv, channels, _needs_bias(self.norm))
 
     def merge(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -171,11 +190,11 @@ CELL_TYPES: dict[str, type[MergeCell]] = {"sum": SumCell, "global_pool": GlobalP
 class PyramidRepeat(nn.Module):
     """One pass of the architecture: pyramid in (one map per level), pyramid out."""
 
-    def __init__(self, *, spec: ArchSpec, channels: int, norm_layer: NormFactory) -> None:
+    def __init__(self, *, spec: ArchSpec, channels: int, norm_layer: NormFactory, conv: str = "conv3x3") -> None:
         super().__init__()
         self.levels = spec.levels
         self.cells = nn.ModuleList(
-            CELL_TYPES[c.op](spec=spec, index=k, channels=channels, norm_layer=norm_layer)
+            CELL_TYPES[c.op](spec=spec, index=k, channels=channels, norm_layer=norm_layer, conv=conv)
             for k, c in enumerate(spec.cells)
         )
         self.output_nodes = {lvl: spec.num_inputs + k for lvl, k in spec.output_cells().items()}
@@ -207,6 +226,7 @@ class NasFpn(nn.Module):
         channels: int = 256,
         repeats: int = 1,
         norm_layer: NormFactory | None = None,
+        conv: str = "conv3x3",
     ) -> None:
         super().__init__()
         spec.validate()
@@ -222,16 +242,19 @@ class NasFpn(nn.Module):
             raise ValueError(f"channels must be >= 1, got {channels}")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if conv not in CELL_CONVS:
+            raise ValueError(f"unknown cell conv {conv!r}; choose one of {', '.join(CELL_CONVS)}")
         norm_layer = norm_layer or nn.BatchNorm2d
         self.spec = spec
         self.in_channels = in_channels
         self.out_channels = channels
         self.repeats = repeats
+        self.levels = tuple(spec.levels)
         self.names = [f"p{lvl}" for lvl in spec.levels]
         self.projections = nn.ModuleList(nn.Identity() if c == channels else _projection(c, channels, norm_layer)
                                          for c in in_channels)  # fmt: skip
         self.stages = nn.ModuleList(
-            PyramidRepeat(spec=spec, channels=channels, norm_layer=norm_layer) for _ in range(repeats)
+            PyramidRepeat(spec=spec, channels=channels, norm_layer=norm_layer, conv=conv) for _ in range(repeats)
         )
         self.reset_parameters()
 
@@ -287,6 +310,7 @@ class TorchvisionFpn(nn.Module):
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.in_channels = tuple(in_channels)
         self.out_channels = channels
+        self.levels = (3, 4, 5, 6, 7)
         self.fpn = FeaturePyramidNetwork(
             in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels), norm_layer=norm_layer
         )
@@ -305,9 +329,10 @@ def build_neck(
     repeats: int,
     *,
     norm_layer: NormFactory | None = None,
+    conv: str = "conv3x3",
 ) -> nn.Module:
     """The neck for ``arch``: an :class:`ArchSpec`, a reference name (``"published"``,
-    ``"fpn"``), or ``"torchvision_fpn"`` (``repeats`` is ignored for it).
+    ``"fpn"``), or ``"torchvision_fpn"`` (``repeats`` and ``conv`` are ignored for it).
 
     ``norm_layer=None`` means the neck's own default: BatchNorm for NAS-FPN necks, none for
     torchvision's FPN. Pass e.g. ``functools.partial(nn.GroupNorm, 32)`` for small batches.
@@ -322,4 +347,6 @@ def build_neck(
         arch = REFERENCE_SPECS[arch]
     if not isinstance(arch, ArchSpec):
         raise TypeError(f"arch must be an ArchSpec or a name, got {type(arch).__name__}")
-    return NasFpn(spec=arch, in_channels=in_channels, channels=channels, repeats=repeats, norm_layer=norm_layer)
+    return NasFpn(
+        spec=arch, in_channels=in_channels, channels=channels, repeats=repeats, norm_layer=norm_layer, conv=conv
+    )

@@ -5,8 +5,10 @@ records the spec and its canonical hash as user attrs, and either
 
 * re-uses the metrics of an earlier COMPLETE trial of the same study with the same canonical
   hash (the study's fingerprint guarantees the same proxy task), marked ``cached_from``, or
-* hands the spec to the task (:class:`evo_fpn.proxy.ProxyTask`, :class:`SyntheticTask`, or
-  any registered objective, :mod:`evo_fpn.objectives`), records the metrics it returns
+* counts its costs (and measures its latency when the study needs it), refuses it without
+  training when it is over a budget (:mod:`evo_fpn.limits`: PRUNED, ``infeasible`` user attr),
+  or else hands the spec to the task (:class:`evo_fpn.proxy.ProxyTask`, :class:`SyntheticTask`,
+  or any registered objective, :mod:`evo_fpn.objectives`), records the metrics it returns
   (:mod:`evo_fpn.record`) and returns the study's value(s) from them.
 
 :class:`SyntheticTask` is a cheap, deterministic stand-in for the proxy task with the same
@@ -29,6 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from evo_fpn import record
+from evo_fpn.limits import Budgets
 from evo_fpn.record import Reporter
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import ArchSpec
@@ -48,7 +51,9 @@ class Task(Protocol):
     It returns metrics (at least the study's value names, e.g. ``ap``) and never writes to a
     trial; it reports intermediate values to ``reporter`` and raises ``optuna.TrialPruned``
     when ``reporter.should_prune()`` says so. A task may also have ``costs(spec) -> metrics``
-    (parameters, FLOPs; counted without training), which the Objective records first."""
+    (parameters, FLOPs; counted without training), which the Objective records first, and
+    ``latency(spec, *, warmup, runs) -> metrics`` (``latency_ms``, ``latency_device``), which it
+    calls when the study optimises or caps latency."""
 
     def prepare(self) -> Any: ...
 
@@ -87,11 +92,26 @@ class SyntheticTask:
     canonical hash, so samplers have a landscape to climb and equal networks score equally.
     ``sleep`` seconds are spent over ``steps`` intermediate reports (pruners see them);
     ``fail_fraction`` of architectures (chosen by hash) raise :class:`SyntheticFailure`.
+
+    Costs (``with_costs=True``, which the runner sets for cost-aware studies only, so a plain
+    synthetic study never imports torch) are the no-compute counts of the RetinaNet in
+    :data:`COST_MODEL`; its ``latency_ms`` is a deterministic stand-in, not a measurement: total
+    FLOPs at 20 GFLOP/s plus 0.05 ms per cell (``latency_device`` says so).
     """
 
     SETTINGS = ("sleep", "steps", "noise", "fail_fraction")
+    COST_MODEL: dict[str, Any] = {"backbone": "resnet10", "width": 64, "repeats": 1, "image_size": 128}
+    """The proxy settings the synthetic costs are counted under (10 classes, as the digits)."""
 
-    def __init__(self, *, sleep: float = 0.0, steps: int = 3, noise: float = 0.05, fail_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        sleep: float = 0.0,
+        steps: int = 3,
+        noise: float = 0.05,
+        fail_fraction: float = 0.0,
+        with_costs: bool = False,
+    ) -> None:
         if not isinstance(sleep, int | float) or sleep < 0:
             raise ValueError(f"sleep must be >= 0 seconds, got {sleep!r}")
         if not isinstance(steps, int) or steps < 1:
@@ -101,13 +121,32 @@ class SyntheticTask:
         if not 0 <= fail_fraction < 1:
             raise ValueError(f"fail_fraction must be in [0, 1), got {fail_fraction!r}")
         self.sleep, self.steps, self.noise, self.fail_fraction = float(sleep), steps, float(noise), float(fail_fraction)
+        self.with_costs = bool(with_costs)
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> SyntheticTask:
+    def from_settings(cls, settings: Mapping[str, Any], *, with_costs: bool = False) -> SyntheticTask:
         unknown = sorted(set(settings) - set(cls.SETTINGS))
         if unknown:
             raise ValueError(f"unknown [synthetic] setting {unknown[0]!r}; known: {', '.join(cls.SETTINGS)}")
-        return cls(**dict(settings))
+        return cls(**dict(settings), with_costs=with_costs)
+
+    def costs(self, spec: ArchSpec) -> dict[str, int]:
+        """Counted costs under :data:`COST_MODEL` (``{}`` without ``with_costs``)."""
+        if not self.with_costs:
+            return {}
+        from evo_fpn.cost import detector_costs
+        from evo_fpn.proxy_config import ProxyConfig
+
+        return detector_costs(ProxyConfig(**self.COST_MODEL), spec, num_classes=10)
+
+    def latency(self, spec: ArchSpec, *, warmup: int = 0, runs: int = 1) -> dict[str, Any]:
+        """The deterministic latency stand-in (see the class doc); ``warmup``/``runs`` are unused."""
+        from evo_fpn.cost import detector_costs
+        from evo_fpn.proxy_config import ProxyConfig
+
+        flops = detector_costs(ProxyConfig(**self.COST_MODEL), spec, num_classes=10)["total_flops"]
+        ms = 1e3 * flops / 20e9 + 0.05 * len(spec.cells)
+        return {"latency_ms": ms, "latency_std_ms": 0.0, record.LATENCY_DEVICE: "synthetic (FLOPs model, not measured)"}
 
     def fingerprint(self) -> str:
         """What changes results (not ``sleep``)."""
@@ -163,7 +202,9 @@ class Objective:
     every trial (the runner releases its budget lock there, once the trial exists).
     ``artifact_store``: where the architecture picture is uploaded. ``value_names``: the
     metrics that are the study's values (:func:`evo_fpn.record.study_values`); with more than
-    one, the task gets no reporter (Optuna cannot prune multi-objective trials).
+    one, the task gets no reporter (Optuna cannot prune multi-objective trials). ``budgets``:
+    caps checked before training (:mod:`evo_fpn.limits`). ``latency``: ``(warmup, runs)`` when
+    every trial's latency is measured (``task.latency``), else ``None``.
 
     This is the one layer that writes a trial's record (:mod:`evo_fpn.record`).
     """
@@ -179,6 +220,8 @@ class Objective:
         on_start: Callable[[], None] | None = None,
         value_names: tuple[str, ...] = ("ap",),
         objective_name: str | None = None,
+        budgets: Budgets | None = None,
+        latency: tuple[int, int] | None = None,
     ) -> None:
         if not isinstance(space, NasFpnSpace):
             raise TypeError("space must be a NasFpnSpace")
@@ -193,6 +236,11 @@ class Objective:
         self.value_names = tuple(value_names)
         record.directions(self.value_names)  # unknown names fail here, not in the first trial
         self.objective_name = objective_name
+        self.budgets = budgets or Budgets()
+        needs_latency = "latency_ms" in self.value_names or "latency_ms" in self.budgets.active()
+        if needs_latency and latency is None:
+            raise ValueError("latency_ms is an objective or a budget: pass latency=(warmup, runs)")
+        self.latency = latency
         self.worker = worker_id()
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
@@ -201,6 +249,8 @@ class Objective:
         trial.set_user_attr(record.WORKER, self.worker)
         if self.objective_name is not None:
             trial.set_user_attr(record.OBJECTIVE, self.objective_name)
+        if len(self.value_names) > 1 and trial.study.metric_names is None:
+            trial.study.set_metric_names(list(self.value_names))  # optuna-dashboard's axis labels
         spec = self.space.suggest(trial)
         spec_hash = spec.canonical_hash()
         trial.set_user_attr(record.SPEC, spec.to_json())
@@ -212,13 +262,26 @@ class Objective:
         if self.dedup:
             earlier = find_duplicate(trial.study, spec_hash, trial.number)
             if earlier is not None:
+                for name, value in earlier.constraints.items():
+                    trial.set_constraint(name, value)
                 return reuse(trial, earlier)
         reporter = TrialReporter(trial) if len(self.value_names) == 1 else record.NoReporter()
         try:
+            measured: dict[str, Any] = {}
             costs = getattr(self.task, "costs", None)  # no-compute counts: a pruned trial has them too
             if costs is not None:
-                record.write_metrics(trial, costs(spec))
-            metrics = self.task.evaluate(spec, reporter)
+                measured.update(costs(spec))
+            if self.latency is not None:
+                warmup, runs = self.latency
+                measured.update(self.task.latency(spec, warmup=warmup, runs=runs))  # type: ignore[attr-defined]
+            record.write_metrics(trial, measured)
+            for name, value in self.budgets.constraints(measured).items():  # what samplers read (Optuna 5)
+                trial.set_constraint(name, value)
+            over = self.budgets.reasons(measured)
+            if over:  # never trained: recorded with its costs, PRUNED (no value, no training time)
+                trial.set_user_attr(record.INFEASIBLE, "; ".join(over))
+                raise optuna.TrialPruned(f"over budget: {'; '.join(over)}")
+            metrics = {**measured, **self.task.evaluate(spec, reporter)}
         except self.failures as exc:
             trial.set_user_attr(record.FAIL_REASON, str(exc) or type(exc).__name__)
             raise

@@ -80,11 +80,23 @@ def get(name: str) -> ObjectiveType:
 
 
 def build(cfg: StudyConfig, *, progress: bool) -> Built:
-    """The study's objective, ready to prepare (nothing written, nothing trained)."""
+    """The study's objective, ready to prepare (nothing written, nothing trained).
+
+    A cost-aware study (objectives beyond AP, budgets) needs a task that counts costs
+    (``costs(spec)``) or measures latency (``latency(spec, warmup=, runs=)``); one that cannot is
+    refused here, before anything is written. Its cost-aware settings join the fingerprint
+    (:meth:`~evo_fpn.config.StudyConfig.cost_aware`; none for a plain AP study)."""
     objective = get(cfg.objective)
     built = objective.build(cfg, cfg.settings.get(objective.section, {}), progress)
     built.failures = tuple(dict.fromkeys((*objective.failures, *built.failures)))
-    built.fingerprint = {"objective": objective.name, **built.fingerprint}
+    built.fingerprint = {"objective": objective.name, **built.fingerprint, **cfg.cost_aware()}
+    for needed, method, what in ((cfg.counts_costs, "costs", "counts no costs"),
+                                 (cfg.measures_latency, "latency", "measures no latency")):  # fmt: skip
+        if needed and not callable(getattr(built.task, method, None)):
+            raise UsageError(
+                f"objective {objective.name!r} {what} ({method}(spec)), which objectives "
+                f'{list(cfg.objectives)} and the budgets need: use objectives = ["ap"] without budgets'
+            )
     return built
 
 
@@ -96,7 +108,7 @@ def _build_synthetic(cfg: StudyConfig, settings: Mapping[str, Any], progress: bo
     from evo_fpn.objective import SyntheticFailure, SyntheticTask
 
     try:
-        task = SyntheticTask.from_settings(settings)
+        task = SyntheticTask.from_settings(settings, with_costs=cfg.counts_costs or cfg.measures_latency)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad [synthetic] settings: {exc}") from None
     return Built(task, (SyntheticFailure,), {"task": task.fingerprint()}, {"synthetic": dict(settings)})

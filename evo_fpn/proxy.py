@@ -35,8 +35,8 @@ import torch
 from tqdm.auto import tqdm
 
 from evo_fpn.cli import UsageError
-from evo_fpn.cost import count_flops, count_params, neck_cost
-from evo_fpn.detector import Detector, neck_norm_layer
+from evo_fpn.cost import detector_costs
+from evo_fpn.detector import Detector
 from evo_fpn.errors import TrialFailed
 from evo_fpn.evaluate import coco_ap
 from evo_fpn.features import FeatureStore
@@ -111,29 +111,24 @@ class ProxyTask:
         """Neck and total parameters and per-image FLOPs at the proxy image size, counted on
         PyTorch's ``meta`` device (milliseconds, no training), so that every trial has them,
         a pruned or failed one included (the Objective records them before training)."""
-        cfg, store = self.config, self.store.prepare()
-        s = cfg.image_size
-        with torch.device("meta"):
-            model = cfg.build_detector(spec, num_classes=store.num_classes, with_backbone=not store.cached)
-        in_channels = model.backbone.out_channels if model.backbone is not None else _store_channels(store)
-        norm = neck_norm_layer(spec, cfg.neck_norm, cfg.fpn_norm)
-        neck = neck_cost(spec, in_channels, cfg.width, cfg.repeats, s, norm_layer=norm)
-        if model.backbone is not None:
-            image = torch.empty(1, 3, s, s, device="meta")
-            backbone_params, backbone_flops = count_params(model.backbone), count_flops(model.backbone, image)
-        else:
+        store = self.store.prepare()
+        backbone = None
+        if store.cached:
             assert store.backbone_state is not None and store.backbone_flops is not None
-            backbone_params = sum(v.numel() for k, v in store.backbone_state.items() if _is_param(k))
-            backbone_flops = store.backbone_flops
-        head = model.retina.head
-        sizes = [-(-s // 2**level) for level in range(3, 8)]  # P3..P7: ceil halvings of the image
-        head_flops = count_flops(head, [torch.empty(1, cfg.width, n, n, device="meta") for n in sizes])
-        return {
-            "neck_params": neck["neck_params"],
-            "total_params": backbone_params + neck["neck_params"] + count_params(head),
-            "neck_flops": neck["neck_flops"],
-            "total_flops": backbone_flops + neck["neck_flops"] + head_flops,
-        }
+            params = sum(v.numel() for k, v in store.backbone_state.items() if _is_param(k))
+            backbone = (params, store.backbone_flops)
+        return detector_costs(self.config, spec, num_classes=store.num_classes, backbone=backbone)
+
+    def latency(self, spec: ArchSpec | str, *, warmup: int = 5, runs: int = 20) -> dict[str, Any]:
+        """Forward latency of the whole detector (backbone included, also in cached mode) at
+        batch 1 and the proxy image size on this task's device (:func:`evo_fpn.latency.measure`;
+        untrained weights: latency does not depend on their values)."""
+        from evo_fpn.latency import measure
+
+        store = self.store.prepare()
+        torch.manual_seed(self.config.seed)
+        model = self.config.build_detector(spec, num_classes=store.num_classes, with_backbone=True).to(self.device)
+        return measure(model, self.config.image_size, device=self.device, warmup=warmup, runs=runs)
 
     def evaluate(self, spec: ArchSpec | str, reporter: Reporter | None = None) -> dict[str, Any]:
         """Train ``spec`` under this proxy and return its metrics (AP breakdown, costs, timing).
@@ -322,11 +317,6 @@ def _start_seed_process(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes],
     messages = Connection(os.dup(child.stdout.fileno()), writable=False)
     child.stdout.close()
     return child, messages
-
-
-def _store_channels(store: FeatureStore) -> tuple[int, ...]:
-    assert store.train is not None and store.train.features is not None
-    return tuple(int(f.shape[1]) for f in store.train.features)
 
 
 def _is_param(key: str) -> bool:

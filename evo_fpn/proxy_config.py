@@ -17,6 +17,7 @@ from evo_fpn.cli import UsageError
 from evo_fpn.data import RESIZE_MODES, dataset_fingerprint
 from evo_fpn.detector import BACKBONES, HEAD_NORMS, Detector, build_detector
 from evo_fpn.digits import DigitsConfig
+from evo_fpn.neck import CELL_CONVS
 from evo_fpn.spec import ArchSpec
 
 CACHE_FORMAT_VERSION = 1
@@ -54,6 +55,7 @@ class ProxyConfig:
     norm_recal_batches: int = 0  # re-estimate the neck's BatchNorm statistics on this many train batches before eval
     anytime: bool = False  # deep supervision: the head also trains on every repeat's pyramid
     norm_decay: bool = True  # weight decay on norm weights and biases too (False: conv/linear weights only)
+    cell_conv: str = "conv3x3"  # the conv of every cell: conv3x3 (the paper) or separable3x3 (NAS-FPNLite)
     head_depth: int = 4
     head_norm: str = "group"
     anchor_sizes: tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0)
@@ -103,6 +105,7 @@ class ProxyConfig:
         )
         need(isinstance(self.anytime, bool), f"anytime must be true or false, got {self.anytime!r}")
         need(isinstance(self.norm_decay, bool), f"norm_decay must be true or false, got {self.norm_decay!r}")
+        need(self.cell_conv in CELL_CONVS, f"cell_conv must be one of {', '.join(CELL_CONVS)}, got {self.cell_conv!r}")
         need(self.optimizer in ("sgd", "adamw"), "optimizer must be 'sgd' or 'adamw'")
         need(self.image_size >= 32, "image_size must be >= 32")
         need(self.width >= 8 and self.repeats >= 1, "width must be >= 8 and repeats >= 1")
@@ -175,6 +178,7 @@ class ProxyConfig:
             neck_norm=self.neck_norm,
             fpn_norm=self.fpn_norm,
             anytime=self.anytime,
+            cell_conv=self.cell_conv,
             anchor_sizes=self.anchor_sizes,
             anchor_scales=self.anchor_scales,
             aspect_ratios=self.aspect_ratios,
@@ -217,6 +221,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "norm_recal_batches": 0,
     "anytime": False,
     "norm_decay": True,
+    "cell_conv": "conv3x3",
 }
 """Fields added after fingerprints were first stored, with the default that leaves them out."""
 
@@ -247,6 +252,17 @@ PRESETS: dict[str, ProxyConfig] = {
     # per trial. A one-off ~21-26 minute backbone stage (24 epochs). 16 trial epochs, not 12: a
     # seed's AP std fell from 0.027 to 0.011.
     "default": ProxyConfig(seeds=2),
+    # NAS-FPNLite's choices (mobile backbone, depthwise-separable cells) on the default proxy's
+    # data, for a P3-P6 space (studies/lite.toml); torchvision's MobileNetV3, weights=None (no
+    # download): its backbone stage trains it from scratch like the ResNet-10 of the others.
+    "lite": ProxyConfig(
+        backbone="mobilenet_v3_large",
+        cell_conv="separable3x3",
+        repeats=1,
+        backbone_epochs=12.0,
+        epochs=8.0,
+        reports=2,
+    ),
     # The paper's proxy: ResNet-10, 512x512, 10 epochs, 3 repeats, trained end to end; for GPUs and COCO.
     "paper": ProxyConfig(
         data=None,

@@ -6,8 +6,9 @@ names, so a metric is spelled in one place. Objectives return plain metrics dict
 touch the trial.
 
 The study's values come from the metrics too, through :func:`study_values`: a study has one
-value per name in its ``value_names`` (today ``("ap",)``), each with its natural direction
-(:data:`DIRECTIONS`); single-objective studies store a float as before.
+value per name in its ``value_names`` (its ``objectives``, ``("ap",)`` unless a study file says
+otherwise), each with its natural direction (:data:`DIRECTIONS`); single-objective studies
+store a float as before.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ FAIL_REASON = "fail_reason"  # why a FAILED trial failed, one line
 CACHED_FROM = "cached_from"  # number of the earlier trial whose metrics a duplicate re-used
 AP_SEEDS = "ap_seeds"  # per-seed AP when a trial trains several seeds
 OBJECTIVE = "objective"  # the objective's name (proxy, synthetic, ...)
+INFEASIBLE = "infeasible"  # why a trial is over its cost budget, one line; such a trial is PRUNED, never trained
+LATENCY_DEVICE = "latency_device"  # where latency_ms was measured (a property of the machine, not the network)
 
 AP_METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 """COCO AP breakdown, the first six entries of ``COCOeval.stats`` in order."""
@@ -30,14 +33,18 @@ AP_LABELS: dict[str, str] = {
 }  # fmt: skip
 COST_METRICS: tuple[str, ...] = ("neck_params", "total_params", "neck_flops", "total_flops")
 """Parameters and per-image FLOPs, counted without training (every objective can have them)."""
+LATENCY_METRICS: tuple[str, ...] = ("latency_ms", "latency_std_ms")
+"""Measured forward latency of the whole detector at batch 1 (median and std over the timed runs)."""
 TIMING_METRICS: tuple[str, ...] = ("train_seconds", "eval_seconds", "images_per_s", "threads")
 
-REUSED: tuple[str, ...] = (*AP_METRICS, *COST_METRICS)
+REUSED: tuple[str, ...] = (*AP_METRICS, *COST_METRICS, *LATENCY_METRICS, LATENCY_DEVICE)
 """The metrics a duplicate architecture copies from the trial it re-uses."""
 
 TYPES: dict[str, type] = {
     **dict.fromkeys(AP_METRICS, float),
     **dict.fromkeys(COST_METRICS, int),
+    **dict.fromkeys(LATENCY_METRICS, float),
+    LATENCY_DEVICE: str,
     "train_seconds": float,
     "eval_seconds": float,
     "images_per_s": float,
@@ -45,8 +52,19 @@ TYPES: dict[str, type] = {
 }
 """Metrics a trial records as user attrs, with their types (others in a metrics dict are not stored)."""
 
-DIRECTIONS: dict[str, str] = {"ap": "maximize", **dict.fromkeys(COST_METRICS, "minimize")}
-"""The natural direction of every metric a study may optimise."""
+DIRECTIONS: dict[str, str] = {"ap": "maximize", **dict.fromkeys(COST_METRICS, "minimize"), "latency_ms": "minimize"}
+"""The natural direction of every metric a study may optimise (its ``objectives``)."""
+LABELS: dict[str, str] = {
+    "ap": "AP", "neck_flops": "neck GFLOPs", "total_flops": "total GFLOPs", "neck_params": "neck M params",
+    "total_params": "total M params", "latency_ms": "latency (ms)",
+}  # fmt: skip
+"""Axis labels of the objectives, in the units of :func:`display_value`."""
+_SCALE = {"neck_flops": 1e-9, "total_flops": 1e-9, "neck_params": 1e-6, "total_params": 1e-6}
+
+
+def display_value(name: str, value: float) -> float:
+    """``value`` of objective ``name`` in the unit of its label (GFLOPs, M params, ms, AP)."""
+    return float(value) * _SCALE.get(name, 1.0)
 
 
 def user_attrs(metrics: Mapping[str, Any]) -> dict[str, Any]:

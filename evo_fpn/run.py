@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", metavar="NAME",
                    help=f"what scores an architecture: {', '.join(OBJECTIVES)} ('synthetic' is a cheap stand-in for "
                         "tests of the runner) or a registered one (evo_fpn.objectives.register)")  # fmt: skip
+    p.add_argument("--objectives", metavar="A,B",
+                   help="the study's values, e.g. ap,neck_flops (any of ap, neck_flops, total_flops, neck_params, "
+                        "total_params, latency_ms; default: ap)")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -174,6 +177,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         "sampler": args.sampler,
         "pruner": args.pruner,
         "objective": args.objective,
+        "objectives": args.objectives,
         "dedup": args.dedup,
         "enqueue_references": args.enqueue_references,
         "heartbeat_interval": args.heartbeat_interval,
@@ -292,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 artifact_store=store,
                 value_names=cfg.value_names,
                 objective_name=cfg.objective,
+                budgets=cfg.budgets,
+                latency=(cfg.latency_warmup, cfg.latency_runs) if cfg.measures_latency else None,
             )
             lock = st.BudgetLock(p.url, cfg.name)
             try:

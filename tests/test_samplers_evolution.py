@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
 from evo_fpn.samplers import AgingEvolutionSampler
-from evo_fpn.samplers.evolution import LINEAGE_KEY, _pareto_ranks
+from evo_fpn.samplers.evolution import LINEAGE_KEY
 from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -232,7 +232,37 @@ def test_numeric_params_and_minimize() -> None:
     assert study.best_value < random_best
 
 
-def test_multi_objective_parent_has_lowest_pareto_rank_in_tournament() -> None:
+def _ranks(values: np.ndarray) -> list[int]:
+    """Non-dominated sorting by hand (all minimised): rank 0 = no one dominates it, and so on."""
+    left, rank, out = set(range(len(values))), 0, [0] * len(values)
+    while left:
+        front = {
+            i for i in left if not any((values[j] <= values[i]).all() and (values[j] < values[i]).any() for j in left)
+        }
+        for i in front:
+            out[i] = rank
+        left -= front
+        rank += 1
+    return out
+
+
+def _crowding(values: np.ndarray) -> list[float]:
+    """NSGA-II crowding distance by hand: per objective, the gap between the two neighbours over
+    the range; the ends get infinity."""
+    n, dist = len(values), [0.0] * len(values)
+    for k in range(values.shape[1]):
+        order = sorted(range(n), key=lambda i: values[i, k])
+        span = values[order[-1], k] - values[order[0], k]
+        if span == 0:
+            continue
+        for pos, i in enumerate(order):
+            lo = values[order[pos - 1], k] if pos > 0 else -np.inf
+            hi = values[order[pos + 1], k] if pos < n - 1 else np.inf
+            dist[i] += (hi - lo) / span
+    return dist
+
+
+def test_multi_objective_parent_wins_by_rank_then_crowding_distance() -> None:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         x = trial.suggest_float("x", 0, 1)
         y = trial.suggest_categorical("y", [0, 1, 2])
@@ -241,11 +271,42 @@ def test_multi_objective_parent_has_lowest_pareto_rank_in_tournament() -> None:
     sampler = AgingEvolutionSampler(population_size=8, sample_size=3, seed=5)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     study.optimize(objective, n_trials=40)
+    by_crowding = 0
     for t in study.trials[8:]:
         rec = lineage(t)
         pop = [study.trials[n] for n in range(t.number - 8, t.number)]
-        ranks = dict(zip([p.number for p in pop], _pareto_ranks(np.array([p.values for p in pop])), strict=True))
-        assert ranks[rec["parent"]] == min(ranks[m] for m in rec["tournament"])
+        values = np.array([p.values for p in pop])
+        ranks = _ranks(values)
+        key = {}
+        for r in set(ranks):
+            members = [i for i in range(8) if ranks[i] == r]
+            for i, c in zip(members, _crowding(values[members]), strict=True):
+                key[pop[i].number] = (r, -c)
+        best = min(key[m] for m in rec["tournament"])
+        assert key[rec["parent"]] == best
+        tied = {key[m] for m in rec["tournament"] if key[m][0] == best[0]}
+        by_crowding += len(tied) > 1  # members of the best rank told apart by their crowding distance
+    assert by_crowding > 0  # some tournaments were decided by crowding distance, not rank alone
+
+
+def test_infeasible_members_rank_below_feasible_ones() -> None:
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x = trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("c", x - 0.5)
+        trial.set_constraint("x_at_most_half", x - 0.5)  # Optuna 5's convention: > 0 is infeasible
+        return x, 1 - x
+
+    sampler = AgingEvolutionSampler(population_size=6, sample_size=6, seed=1)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=40)
+    picked = 0
+    for t in study.trials[6:]:
+        rec = lineage(t)
+        drawn = [study.trials[m] for m in rec["tournament"]]
+        if any(d.user_attrs["c"] <= 0 for d in drawn):
+            picked += 1
+            assert study.trials[rec["parent"]].user_attrs["c"] <= 0
+    assert picked > 20
 
 
 def test_enqueued_trial_keeps_its_params_and_is_labelled() -> None:

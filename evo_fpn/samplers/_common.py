@@ -19,6 +19,29 @@ from evo_fpn.samplers.constraints import ChoiceConstraints, allowed_values, deci
 
 _EPOCH = datetime.datetime.min
 
+# Optuna keeps these helpers private (there is no public API for them); they are imported in
+# this one place so that our samplers sort and store exactly as Optuna's own samplers do.
+def non_domination_ranks(loss: np.ndarray, penalties: Sequence[float]) -> list[int]:
+    """Non-domination rank of each row of ``loss`` (all minimised; 0 = front), feasible rows
+    (penalty <= 0) before infeasible ones: Optuna's constrained fast non-dominated sort."""
+    from optuna.study._multi_objective import _fast_non_domination_rank
+
+    pen = np.array([max(0.0, float(p)) for p in penalties], dtype=float)
+    return [int(r) for r in _fast_non_domination_rank(loss, penalty=pen if pen.any() else None)]
+
+
+def crowding_distances(members: Sequence[FrozenTrial]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each member (by trial number), as Optuna computes it."""
+    from optuna.samplers.nsgaii._elite_population_selection_strategy import _calc_crowding_distance
+
+    return dict(_calc_crowding_distance(list(members)))
+
+
+def penalty(t: FrozenTrial) -> float:
+    """Total violation of ``t``'s constraints (``Trial.set_constraint``, Optuna 5's convention:
+    a value > 0 is violated): 0 for a feasible trial or one without constraints."""
+    return float(sum(max(0.0, float(v)) for v in t.constraints.values()))
+
 
 def new_base_seed() -> int:
     """A fresh 63-bit seed from OS entropy (for ``seed=None`` and ``reseed_rng``)."""

@@ -16,8 +16,11 @@ from optuna.trial import FrozenTrial, TrialState
 from evo_fpn.samplers._common import (
     CompletionLog,
     StorageBackedSampler,
+    crowding_distances,
     last_report,
+    non_domination_ranks,
     ordered_space,
+    penalty,
     perturb,
     sample_joint_random,
     sample_uniform,
@@ -49,7 +52,12 @@ class AgingEvolutionSampler(StorageBackedSampler):
       constraints, when given).
     * **Tournament**: draw ``sample_size`` (S) members uniformly *with replacement*; the best
       is the parent (ties: the first drawn). Best = highest/lowest value by the study's
-      direction; for several objectives, lowest Pareto rank within the population. PRUNED
+      direction; for several objectives, the lowest non-domination rank within the population
+      (Optuna's non-dominated sort), then the largest crowding distance within that rank (as
+      NSGA-II: of equally good members, the one in the emptiest region of the front). Trials
+      with constraints (``Trial.set_constraint``, Optuna's convention: a value > 0 is
+      violated) that are infeasible rank below every feasible COMPLETE member, by total
+      violation. PRUNED
       members rank below every COMPLETE member (a pruned trial's value is an early one, not
       comparable with a final value) and among themselves as Optuna's TPE ranks them: by the
       step of their last report, later first, then by its value (NaN last); values reported
@@ -200,7 +208,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 self._write_lineage(study, trial, record, None, "random")
                 return child
             population = [get(num) for _, num in order[-self._population_size :]]
-            scores = _scores(population, study.directions)
+            scores = _scores(population, study.directions, [penalty(t) for t in population])
             draws = [int(i) for i in rng.integers(0, len(population), size=self._sample_size)]
             best = min(range(len(draws)), key=lambda i: (scores[draws[i]], i))
             parent = population[draws[best]]
@@ -402,48 +410,42 @@ def _describe(mutation: Mapping[str, Any] | None) -> str:
     return text
 
 
-def _scores(population: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> list[tuple[int, float, float]]:
-    """Sort keys, lower is better: COMPLETE by value or Pareto rank; then PRUNED by (later step,
-    value at it); then the rest."""
+def _scores(
+    population: Sequence[FrozenTrial],
+    directions: Sequence[StudyDirection],
+    penalties: Sequence[float] | None = None,
+) -> list[tuple[int, float, float]]:
+    """Sort keys, lower is better: COMPLETE feasible members by value, or by (non-domination
+    rank, -crowding distance) for several objectives; then COMPLETE infeasible ones by their
+    total violation (several objectives: the constrained sort ranks them after the feasible);
+    then PRUNED by (later step, value at it); then the rest."""
     signs = np.array([-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions])
+    pen = list(penalties) if penalties is not None else [0.0] * len(population)
     scores: list[tuple[int, float, float]] = []
-    complete = [i for i, t in enumerate(population) if t.state == TrialState.COMPLETE and t.values is not None]
     if len(directions) == 1:
-        for t in population:
+        for t, p in zip(population, pen, strict=True):
             if t.state == TrialState.COMPLETE and t.values is not None:
-                scores.append((0, 0.0, float(signs[0] * t.values[0])))
+                scores.append((0, 0.0, float(signs[0] * t.values[0])) if p <= 0 else (1, 0.0, float(p)))
                 continue
             last = last_report(t)
             if last is None:
-                scores.append((2, 0.0, 0.0))
+                scores.append((3, 0.0, 0.0))
             else:
                 step, value = last
-                scores.append((1, -float(step), math.inf if math.isnan(value) else float(signs[0] * value)))
+                scores.append((2, -float(step), math.inf if math.isnan(value) else float(signs[0] * value)))
         return scores
     # several objectives: Optuna takes no intermediate reports, so PRUNED members are all equal
-    ranks = _pareto_ranks(np.array([population[i].values for i in complete], dtype=float) * signs)
+    complete = [i for i, t in enumerate(population) if t.state == TrialState.COMPLETE and t.values is not None]
+    loss = np.array([population[i].values for i in complete], dtype=float).reshape(len(complete), len(signs)) * signs
+    ranks = non_domination_ranks(loss, [pen[i] for i in complete]) if complete else []
+    crowding: dict[int, float] = {}
+    for r in set(ranks):
+        members = [population[i] for i, ri in zip(complete, ranks, strict=True) if ri == r]
+        crowding.update(crowding_distances(members))
     rank_of = dict(zip(complete, ranks, strict=True))
-    for i in range(len(population)):
-        scores.append((0, 0.0, float(rank_of[i])) if i in rank_of else (1, 0.0, 0.0))
+    for i, t in enumerate(population):
+        if i in rank_of:
+            scores.append((0, float(rank_of[i]), -crowding.get(t.number, 0.0)))
+        else:
+            scores.append((2, 0.0, 0.0))
     return scores
-
-
-def _pareto_ranks(values: np.ndarray) -> list[int]:
-    """Non-dominated sorting rank (0 = Pareto front) of each row, all objectives minimised."""
-    n = len(values)
-    ranks = [-1] * n
-    if n == 0:
-        return ranks
-    le = (values[:, None, :] <= values[None, :, :]).all(-1)
-    lt = (values[:, None, :] < values[None, :, :]).any(-1)
-    dominates = le & lt  # dominates[i, j]: i dominates j
-    remaining = np.ones(n, dtype=bool)
-    rank = 0
-    while remaining.any():
-        dominated = (dominates[remaining][:, remaining]).any(0)
-        idx = np.flatnonzero(remaining)[~dominated]
-        for i in idx:
-            ranks[int(i)] = rank
-        remaining[idx] = False
-        rank += 1
-    return ranks

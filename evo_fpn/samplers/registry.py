@@ -27,7 +27,11 @@ NSGA2_DEFAULTS: dict[str, Any] = {"population_size": 50, "crossover_prob": 0.9, 
 
 
 def make_sampler(
-    name: str, *, seed: int | None = None, constraints: ChoiceConstraints | None = None, **settings: Any
+    name: str,
+    *,
+    seed: int | None = None,
+    constraints: ChoiceConstraints | None = None,
+    **settings: Any,
 ) -> BaseSampler:
     """Build sampler ``name`` with ``settings`` (constructor keywords).
 

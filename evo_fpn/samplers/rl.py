@@ -27,6 +27,7 @@ from evo_fpn.samplers._common import (
     CompletionLog,
     StorageBackedSampler,
     ordered_space,
+    penalty,
     sample_uniform,
     study_key,
     trial_rng,
@@ -121,18 +122,24 @@ class RLControllerSampler(StorageBackedSampler):
     number) and cut into consecutive batches of ``batch_size``; each full batch is one update:
     PPO's clipped objective (``ppo_epochs`` full-batch Adam steps, clip ``ppo_clip``) or
     REINFORCE (one step), plus ``entropy_weight`` x the policy entropy. Reward = the value
-    (negated when minimizing). Advantage = reward - a moving-average baseline
-    (``baseline_decay``, updated trial by trial), divided by a moving RMS of advantages so the
-    objective's scale does not matter. PPO's ratio uses the log-probability the sampling
-    worker stored; trials without one (enqueued, sampled by another sampler) use the
-    policy's own at update time (ratio 1 at the first epoch).
+    (negated when minimizing); for a two-objective study (maximise the first, minimise the
+    second, e.g. AP and FLOPs) MnasNet's soft reward (Tan et al. 2019) ``value0 * (value1 /
+    cost_target) ** cost_weight``: with ``cost_weight`` < 0 (MnasNet: -0.07) a model at the target
+    keeps its AP, one twice as costly loses about 5% of it, one half as costly gains 5%.
+    Advantage = reward - a moving-average baseline (``baseline_decay``, updated trial by
+    trial), divided by a moving RMS of advantages so the objective's scale does not matter.
+    PPO's ratio uses the log-probability the sampling worker stored; trials without one
+    (enqueued, sampled by another sampler) use the policy's own at update time (ratio 1 at
+    the first epoch).
 
     **Failed, pruned, running.** FAIL trials are left out entirely (often infrastructure, not
     the architecture). A PRUNED trial's early value is not comparable with a final one, so
     its reward is the floor: the lowest finite reward of the COMPLETE trials consumed so far
     (it is skipped while there is none). A COMPLETE trial with an infinite value gets the
     floor too: one infinite reward would turn the baseline, and from it the whole policy,
-    into NaN for good. RUNNING trials are never waited on.
+    into NaN for good. So does a COMPLETE trial that violates its constraints (``Trial.set_constraint``,
+    Optuna's convention: values > 0 are violated), which ranks it below every feasible one. RUNNING
+    trials are never waited on.
 
     **Many workers, resume.** The policy is a deterministic function of the study's finished
     trials in completion order: it starts from ``policy_seed`` (the same in every worker,
@@ -177,6 +184,8 @@ class RLControllerSampler(StorageBackedSampler):
         checkpoint_every: keep an in-process checkpoint every this many updates (for rewinds;
             the initial policy and the 8 most recent are kept).
         independent_sampler: sampler for non-decision params; ``None``: built-in random.
+        cost_target, cost_weight: the MnasNet reward of two-objective studies (``cost_target``
+            is required for them and refused for one objective).
     """
 
     _CACHE_ATTRS = (
@@ -211,7 +220,15 @@ class RLControllerSampler(StorageBackedSampler):
         policy_seed: int = 0,
         checkpoint_every: int = 16,
         independent_sampler: BaseSampler | None = None,
+        cost_target: float | None = None,
+        cost_weight: float = -0.07,
     ) -> None:
+        if cost_target is not None and (isinstance(cost_target, bool) or not float(cost_target) > 0):
+            raise ValueError(f"cost_target must be > 0, got {cost_target!r}")
+        if not math.isfinite(float(cost_weight)):
+            raise ValueError(f"cost_weight must be a finite number, got {cost_weight!r}")
+        self._cost_target = None if cost_target is None else float(cost_target)
+        self._cost_weight = float(cost_weight)
         for name, value in (
             ("hidden_size", hidden_size),
             ("embedding_size", embedding_size),
@@ -269,7 +286,7 @@ class RLControllerSampler(StorageBackedSampler):
 
         Sampling does this itself; call it to inspect the policy (e.g. :meth:`policy_digest`).
         """
-        self._raise_error_if_multi_objective(study)
+        self._check_directions(study)
         with self._lock:
             space = self._space(study, use_cache=False)  # outside a trial the cache may be stale
             self._sync(study, space, use_cache=False)
@@ -312,7 +329,7 @@ class RLControllerSampler(StorageBackedSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        self._raise_error_if_multi_objective(study)
+        self._check_directions(study)
         if not search_space or "fixed_params" in trial.system_attrs:
             return {}
         with self._lock:
@@ -328,7 +345,7 @@ class RLControllerSampler(StorageBackedSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        self._raise_error_if_multi_objective(study)  # refused here too, as Optuna's single-objective samplers do
+        self._check_directions(study)  # refused here too, as Optuna's single-objective samplers do
         if self._independent_sampler is not None:
             return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
         rng = trial_rng(self._base_seed, trial.number, "independent:" + param_name)
@@ -344,6 +361,36 @@ class RLControllerSampler(StorageBackedSampler):
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         if self._independent_sampler is not None:
             self._independent_sampler.after_trial(study, trial, state, values)
+
+    def _check_directions(self, study: Study) -> None:
+        """One objective without ``cost_target``, or two (maximise, minimise) with it."""
+        d = study.directions
+        if len(d) == 1 and self._cost_target is None:
+            return
+        mnas = (StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE)
+        if len(d) == 2 and self._cost_target is not None and tuple(d) == mnas:
+            return
+        if len(d) == 1:
+            raise ValueError("cost_target is for two-objective studies (its MnasNet reward): drop it for one objective")
+        raise ValueError(
+            f"RLControllerSampler scores one objective, or two (maximise, minimise) through its MnasNet reward with "
+            f"cost_target set; this study has {len(d)} in directions {[x.name.lower() for x in d]}"
+        )
+
+    def reward(self, t: FrozenTrial, sign: float = 1.0) -> float | None:
+        """``t``'s reward (see the class doc), or ``None`` when it has none (not COMPLETE, not
+        finite, infeasible, or a non-positive cost)."""
+        if t.state != TrialState.COMPLETE or not t.values or not all(math.isfinite(v) for v in t.values):
+            return None
+        if penalty(t) > 0:
+            return None
+        if len(t.values) == 1:
+            return sign * float(t.values[0])
+        assert self._cost_target is not None
+        value, cost = float(t.values[0]), float(t.values[1])
+        if cost <= 0:
+            return None
+        return value * (cost / self._cost_target) ** self._cost_weight
 
     # -- policy -----------------------------------------------------------------------------
     def _sample_path(
@@ -445,7 +492,7 @@ class RLControllerSampler(StorageBackedSampler):
         if (self._n_updates + 1) * b > len(order):
             return
         by_number = _getter(trials)
-        sign = -1.0 if study.direction == StudyDirection.MINIMIZE else 1.0
+        sign = -1.0 if study.directions[0] == StudyDirection.MINIMIZE and len(study.directions) == 1 else 1.0
         with _deterministic_torch():
             while (self._n_updates + 1) * b <= len(order):
                 batch = [by_number(num) for _, num in order[self._n_updates * b : (self._n_updates + 1) * b]]
@@ -483,14 +530,15 @@ class RLControllerSampler(StorageBackedSampler):
     def _update(self, batch: Sequence[FrozenTrial], sign: float) -> None:
         assert self._policy is not None and self._optim is not None
         stats = self._stats
-        completes = [sign * float(t.value) for t in batch if _finite_value(t)]
+        own = [self.reward(t, sign) for t in batch]
+        completes = [r for r in own if r is not None]
         if completes:
             low = min(completes)
             stats["floor"] = low if stats["floor"] is None else min(stats["floor"], low)
         rows = []
-        for t in batch:
-            if _finite_value(t):
-                reward = sign * float(t.value)
+        for t, r in zip(batch, own, strict=True):
+            if r is not None:
+                reward = r
             elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) and stats["floor"] is not None:
                 reward = float(stats["floor"])
             else:
@@ -541,10 +589,6 @@ class RLControllerSampler(StorageBackedSampler):
             loss.backward()
             nn.utils.clip_grad_norm_(params, self._max_grad_norm)
             self._optim.step()
-
-
-def _finite_value(t: FrozenTrial) -> bool:
-    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
 def _getter(trials: Sequence[FrozenTrial]) -> Any:

@@ -1,0 +1,201 @@
+"""Cost-aware search through the runner: objectives beyond AP, budgets, the samplers' part.
+
+Mechanics run on the synthetic objective, whose costs are the real no-compute counts of a
+RetinaNet (:data:`evo_fpn.objective.SyntheticTask.COST_MODEL`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+from run_worker import load, write_study
+
+from evo_fpn import record
+from evo_fpn.config import ConfigError, config_from_mapping, load_config
+from evo_fpn.limits import Budgets
+from evo_fpn.run import main
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def cli(*args: str) -> int:
+    return main([*args, "--no-progress"])
+
+
+def url_of(tmp_path: Path, name: str) -> str:
+    return f"sqlite:///{tmp_path / 'studies' / (name + '.db')}"
+
+
+EVOLUTION = "[sampler.evolution]\npopulation_size = 6\nsample_size = 3\n"
+
+
+def mo_study(tmp_path: Path, name: str, n_trials: int, top: str = "", sampler: str = "evolution") -> Path:
+    path = write_study(tmp_path, name, n_trials=n_trials, sampler=sampler, extra=f"seed = 2\n{top}")
+    if sampler == "evolution":
+        path.write_text(path.read_text() + EVOLUTION)
+    return path
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_one_objective_keeps_the_plain_studys_record_and_fingerprint_parts() -> None:
+    plain = config_from_mapping("s", {})
+    explicit = config_from_mapping("s", {"objectives": ["ap"]})
+    assert plain.value_names == explicit.value_names == ("ap",)
+    assert plain.cost_aware() == {} and plain.to_dict() == explicit.to_dict()
+    assert not {"objectives", "budgets", "latency"} & set(plain.to_dict())
+
+
+def test_objectives_from_file_and_flag_and_their_directions() -> None:
+    cfg = config_from_mapping("s", {"objectives": ["ap", "neck_flops"], "max_neck_flops": 2e8})
+    assert cfg.value_names == ("ap", "neck_flops")
+    assert record.directions(cfg.value_names) == ["maximize", "minimize"]
+    assert cfg.cost_aware() == {"objectives": ["ap", "neck_flops"], "budgets": {"max_neck_flops": 2e8}}
+    flag = load_config("quick", objectives="ap,latency_ms")
+    assert flag.value_names == ("ap", "latency_ms") and flag.measures_latency
+    assert flag.cost_aware()["latency"] == {"warmup": 5, "runs": 20}
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"objectives": ["ap", "flops"]}, "unknown objective 'flops'"),
+        ({"objectives": ["neck_flops", "ap"]}, 'must start with "ap"'),
+        ({"objectives": ["ap", "ap"]}, "name one twice"),
+        ({"objectives": ["ap", "neck_flops"], "pruner": {"name": "median"}}, "cannot stop a study with 2 objectives"),
+        ({"max_neck_flops": -1}, "max_neck_flops must be a positive number"),
+    ],
+)
+def test_impossible_settings_are_refused(data: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        config_from_mapping("s", data)
+
+
+@pytest.mark.parametrize(
+    ("args", "table", "needle"),
+    [
+        (["--objectives", "ap,neck_flops", "--pruner", "median"], "", "cannot stop a study with 2 objectives"),
+        (["--objectives", "ap,neck_flops", "--sampler", "rl"], "", "cost_target"),
+        (["--objectives", "ap,neck_flops,latency_ms", "--sampler", "rl"], "", "use two objectives"),
+        (["--sampler", "rl"], "[sampler.rl]\ncost_target = 1\n", "cost_target only applies to two objectives"),
+        (["--objectives", "ap,gflops"], "", "unknown objective 'gflops'"),
+    ],
+)
+def test_impossible_combinations_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], table: str, needle: str
+) -> None:
+    path = write_study(tmp_path, "syn", n_trials=2)
+    path.write_text(path.read_text() + table)
+    assert cli("--study", "syn.toml", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert not (tmp_path / "studies").exists()
+
+
+def test_budgets_and_their_constraints_func() -> None:
+    b = Budgets(max_neck_flops=100, max_latency_ms=5.0)
+    assert b.active() == {"neck_flops": 100.0, "latency_ms": 5.0} and not Budgets()
+    assert b.violations({"neck_flops": 150, "latency_ms": 2.0}) == [50.0, -3.0]
+    assert b.reasons({"neck_flops": 150, "latency_ms": 2.0}) == ["neck_flops 150 > max_neck_flops 100"]
+    assert b.constraints({"neck_flops": 90, "latency_ms": 6.0}) == {"max_neck_flops": -10.0, "max_latency_ms": 1.0}
+
+
+# -- runs ---------------------------------------------------------------------------------
+def test_two_objective_synthetic_study_has_two_values_and_a_pareto_front(tmp_path: Path) -> None:
+    mo_study(tmp_path, "mo", 12, 'objectives = ["ap", "neck_flops"]')
+    assert cli("--study", "mo.toml") == 0
+    study = load(url_of(tmp_path, "mo"), "mo")
+    assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    assert study.metric_names == ["ap", "neck_flops"]  # optuna-dashboard labels its axes with them
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 12 and study.best_trials
+    for t in complete:
+        assert len(t.values) == 2 and t.values == [t.user_attrs["ap"], t.user_attrs["neck_flops"]]
+        assert t.user_attrs["neck_flops"] > 0 and t.user_attrs["total_params"] > t.user_attrs["neck_params"]
+    assert study.user_attrs["config"]["objectives"] == ["ap", "neck_flops"]
+
+
+def test_a_budget_keeps_every_complete_trial_within_it_and_never_trains_the_others(tmp_path: Path) -> None:
+    # the synthetic cost model's necks span about 33..42 MFLOPs: a 35 MFLOPs cap cuts through them
+    mo_study(tmp_path, "cap", 16, 'objectives = ["ap", "neck_flops"]\nmax_neck_flops = 35e6')
+    assert cli("--study", "cap.toml") == 0
+    study = load(url_of(tmp_path, "cap"), "cap")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    infeasible = [t for t in study.trials if record.INFEASIBLE in t.user_attrs]
+    assert complete and infeasible and len(complete) + len(infeasible) == 16
+    assert all(t.user_attrs["neck_flops"] <= 35e6 for t in complete)
+    for t in infeasible:
+        assert t.state == TrialState.PRUNED and t.user_attrs["neck_flops"] > 35e6
+        assert "ap" not in t.user_attrs and "train_seconds" not in t.user_attrs  # never trained
+        assert "max_neck_flops" in t.user_attrs[record.INFEASIBLE]
+        assert t.constraints["max_neck_flops"] > 0  # what samplers read (Trial.set_constraint)
+    assert all(t.constraints["max_neck_flops"] <= 0 for t in complete)
+    assert {t.number for t in study.best_trials} <= {t.number for t in complete}
+
+
+def test_a_budget_reaches_optuna_samplers_as_trial_constraints(tmp_path: Path) -> None:
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score  # what TPE ranks trials by
+
+    mo_study(tmp_path, "tpe", 6, "max_neck_flops = 35e6", sampler="tpe")
+    assert cli("--study", "tpe.toml") == 0
+    study = load(url_of(tmp_path, "tpe"), "tpe")
+    scores = {t.number: _get_infeasible_trial_score(t) for t in study.trials}
+    assert all((scores[t.number] > 0) == (record.INFEASIBLE in t.user_attrs) for t in study.trials)
+
+
+def test_resumed_two_objective_evolution_continues_exactly(tmp_path: Path) -> None:
+    for name in ("whole", "split"):
+        mo_study(tmp_path, name, 14, 'objectives = ["ap", "neck_flops"]\nmax_neck_flops = 37e6')
+    assert cli("--study", "whole.toml", "--no-dedup") == 0
+    assert cli("--study", "split.toml", "--no-dedup", "--n-trials", "8") == 0
+    assert cli("--study", "split.toml", "--no-dedup") == 0
+    whole = load(url_of(tmp_path, "whole"), "whole").trials
+    split = load(url_of(tmp_path, "split"), "split").trials
+    assert [t.params for t in whole] == [t.params for t in split]
+    assert [t.values for t in whole] == [t.values for t in split]
+    assert any(t.user_attrs.get("parent_trial") is not None for t in whole[6:])  # evolution really mutated
+
+
+def test_latency_objective_with_the_synthetic_stand_in(tmp_path: Path) -> None:
+    mo_study(tmp_path, "lat", 4, 'objectives = ["ap", "latency_ms"]', sampler="random")
+    assert cli("--study", "lat.toml") == 0
+    study = load(url_of(tmp_path, "lat"), "lat")
+    for t in study.trials:
+        assert t.values[1] == t.user_attrs["latency_ms"] > 0
+        assert t.user_attrs["latency_device"].startswith("synthetic")
+
+
+# -- the RL controller's MnasNet reward ------------------------------------------------------
+def test_rl_reward_of_two_objectives_is_mnasnets() -> None:
+    import optuna
+
+    from evo_fpn.samplers import RLControllerSampler
+
+    sampler = RLControllerSampler(seed=0, cost_target=100.0, cost_weight=-0.07)
+    twice = optuna.trial.create_trial(values=[0.3, 200.0])
+    half = optuna.trial.create_trial(values=[0.3, 50.0])
+    assert sampler.reward(twice) == pytest.approx(0.3 * 0.9526, rel=1e-4)  # 2 ** -0.07: 4.7% less
+    assert sampler.reward(half) == pytest.approx(0.3 * 1.0497, rel=1e-4)
+    over = optuna.trial.create_trial(values=[0.9, 50.0], system_attrs={"constraints:max_neck_flops": 3.0})
+    assert sampler.reward(over) is None  # infeasible: the floor, below every feasible trial
+    single = RLControllerSampler(seed=0)
+    with pytest.raises(ValueError, match="cost_target"):
+        single._check_directions(optuna.create_study(directions=["maximize", "minimize"]))
+
+
+def test_rl_runs_a_two_objective_study_with_its_reward(tmp_path: Path) -> None:
+    path = mo_study(tmp_path, "rl", 12, 'objectives = ["ap", "neck_flops"]', sampler="rl")
+    path.write_text(path.read_text() + "[sampler.rl]\ncost_target = 35e6\nbatch_size = 4\n")
+    assert cli("--study", "rl.toml") == 0
+    study = load(url_of(tmp_path, "rl"), "rl")
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 12
+    versions = [t.system_attrs["rl:sample"]["version"] for t in study.trials if "rl:sample" in t.system_attrs]
+    assert max(versions) >= 2  # the policy was updated on the rewards of finished trials
