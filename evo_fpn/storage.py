@@ -181,7 +181,8 @@ def describe_url(url: str) -> str:
     return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
-def _waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter:
+def storage_waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter:
+    """The :class:`~evo_fpn.storage_retry.Waiter` for ``url``: its name, fix and password scrubber."""
     fix = (
         "start it (python -m evo_fpn.storage_server --storage DATABASE_URL) or fix --storage"
         if is_grpc(url)
@@ -224,9 +225,9 @@ def check_storage(url: str) -> None:
                 raise StorageError(f"{path} exists but is not a SQLite database: choose another --storage file")
         return
     if parsed.get_backend_name() == "grpc":
-        from evo_fpn import storage_server
+        from evo_fpn import storage_client
 
-        storage_server.check_server(parsed.host, int(parsed.port), waiter=_waiter(url))
+        storage_client.check_server(parsed.host, int(parsed.port), waiter=storage_waiter(url))
         return
     engine = sqlalchemy.create_engine(
         parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
@@ -236,7 +237,7 @@ def check_storage(url: str) -> None:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
 
-    waiter = _waiter(url)
+    waiter = storage_waiter(url)
     try:
         call_with_retry(ping, waiter)
     except ImportError:
@@ -298,25 +299,25 @@ def open_storage(
     """The study's storage: heartbeats, retry of stale trials, and waiting out outages.
 
     Call only after :func:`check_storage` (this creates the SQLite file / the tables).
-    ``grpc://`` URLs get the storage server's client (:class:`evo_fpn.storage_server.GrpcStorage`).
+    ``grpc://`` URLs get the storage server's client (:class:`evo_fpn.storage_client.GrpcStorage`).
     """
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     parsed = parse_url(url)
     if parsed.get_backend_name() == "grpc":
-        from evo_fpn import storage_server
+        from evo_fpn import storage_client
 
-        client = storage_server.GrpcStorage(
+        client = storage_client.GrpcStorage(
             host=str(parsed.host),
             port=int(parsed.port),
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=callback,
         )
-        w = _waiter(url, log)
+        w = storage_waiter(url, log)
         return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)
     rdb = open_rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, callback=callback,
                    engine_overrides=engine_overrides, log=log)  # fmt: skip
-    w = _waiter(url, log)
+    w = storage_waiter(url, log)
     return RetryingStorage(
         optuna.storages._CachedStorage(rdb),
         what=w.what,
@@ -361,7 +362,7 @@ def open_rdb(
             schema_lock.close()
 
     try:
-        storage = call_with_retry(build, _waiter(url, log))
+        storage = call_with_retry(build, storage_waiter(url, log))
     except sqlalchemy.exc.OperationalError as exc:
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
     except optuna.exceptions.StorageInternalError as exc:
@@ -424,10 +425,10 @@ def study_exists(url: str, study_name: str) -> bool:
         return False
     parsed = parse_url(url)
     if parsed.get_backend_name() == "grpc":
-        from evo_fpn import storage_server
+        from evo_fpn import storage_client
 
         return call_with_retry(
-            lambda: storage_server.study_exists(str(parsed.host), int(parsed.port), study_name), _waiter(url)
+            lambda: storage_client.study_exists(str(parsed.host), int(parsed.port), study_name), storage_waiter(url)
         )
     engine = sqlalchemy.create_engine(
         parsed, poolclass=sqlalchemy.pool.NullPool, connect_args=engine_kwargs(url)["connect_args"]
@@ -443,7 +444,7 @@ def study_exists(url: str, study_name: str) -> bool:
             return row is not None
 
     try:
-        return call_with_retry(query, _waiter(url))
+        return call_with_retry(query, storage_waiter(url))
     finally:
         engine.dispose()
 
@@ -475,10 +476,10 @@ class BudgetLock:
         self._lease = None
         parsed = parse_url(url)
         if parsed.get_backend_name() == "grpc":
-            from evo_fpn import storage_server
+            from evo_fpn import storage_client
 
             host, port = str(parsed.host), int(parsed.port)
-            self._lease = storage_server.LeaseLock(host, port, study_name, waiter=_waiter(url, log))
+            self._lease = storage_client.LeaseLock(host, port, study_name, waiter=storage_waiter(url, log))
         elif parsed.get_backend_name() != "sqlite":
             self._engine = sqlalchemy.create_engine(
                 parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
@@ -509,7 +510,7 @@ class BudgetLock:
             if self._lease is not None:
                 self._lease.acquire()
             elif self._engine is not None:
-                call_with_retry(self._advisory_lock, _waiter(self._url, self._log))
+                call_with_retry(self._advisory_lock, storage_waiter(self._url, self._log))
         except BaseException:
             self._thread_lock.release()
             raise

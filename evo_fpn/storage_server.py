@@ -25,48 +25,27 @@ workers. The server waits out database restarts like a worker does
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import GrpcStorageProxy
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import FrozenTrial
 
+from evo_fpn import storage as st
 from evo_fpn.cli import ArgumentParser, UsageError, guard
-from evo_fpn.storage_retry import Waiter, call_with_retry, describe, is_transient
+from evo_fpn.storage_client import SERVICE, decode, encode, import_grpc
+from evo_fpn.storage_retry import RetryingStorage, Waiter, call_with_retry, describe, is_transient
 
-SERVICE = "evo_fpn.StorageServer"
 DEFAULT_PORT = 13000
 DEFAULT_POOL = 8
-LEASE_TTL_S = 60.0
 LOCK_WAIT_S = 1.0
 """Longest a Lock call waits in the server before answering "not yet" (the worker asks again)."""
-
-
-def _import_grpc() -> Any:
-    try:
-        import grpc
-    except ImportError:
-        raise UsageError("the storage server needs grpcio: pip install grpcio protobuf") from None
-    return grpc
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj).encode()
-
-
-def _decode(data: bytes) -> Any:
-    return json.loads(data.decode()) if data else {}
 
 
 # -- server --------------------------------------------------------------------------------
@@ -81,8 +60,6 @@ class Leases:
 
     def __init__(self, url: str, *, log: Callable[[str], None]) -> None:
         import sqlalchemy
-
-        from evo_fpn import storage as st
 
         self._log = log
         self._cond = threading.Condition()
@@ -102,8 +79,6 @@ class Leases:
 
     def _pg(self, sql: str, name: str) -> bool:
         import sqlalchemy
-
-        from evo_fpn import storage as st
 
         assert self._engine is not None
         if self._conn is None or self._conn.closed or self._conn.invalidated:
@@ -179,8 +154,6 @@ class _Handlers:
     """The extra RPCs: ping, heartbeats, stale trials, budget-lock leases."""
 
     def __init__(self, url: str, rdb: optuna.storages.RDBStorage, leases: Leases, waiter: Callable[[], Waiter]) -> None:
-        from evo_fpn import storage as st
-
         self._rdb = rdb
         self._leases = leases
         self._waiter = waiter
@@ -194,15 +167,14 @@ class _Handlers:
         return {}
 
     def stale_trial_ids(self, req: dict, ctx: Any) -> dict:
-        from evo_fpn import storage as st
-
         ids = call_with_retry(
-            lambda: st.stale_trial_ids(self._rdb, int(req["study_id"]), float(req["grace_period"])), self._waiter()
+            lambda: st.stale_trial_ids(self._rdb, int(req["study_id"]), float(req["grace_period"])),
+            self._waiter(),
         )
         return {"trial_ids": ids}
 
     def lock(self, req: dict, ctx: Any) -> dict:
-        grpc = _import_grpc()
+        grpc = import_grpc()
         if not self._leases.waiting.acquire(blocking=False):
             return {"granted": False}
         try:
@@ -223,10 +195,10 @@ class _Handlers:
         return {}
 
     def generic_handler(self) -> Any:
-        grpc = _import_grpc()
+        grpc = import_grpc()
 
         def unary(fn: Callable[[dict, Any], dict]) -> Any:
-            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_decode, response_serializer=_encode)
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=decode, response_serializer=encode)
 
         methods = {
             "Ping": self.ping,
@@ -268,10 +240,7 @@ def serve(
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
-    from evo_fpn import storage as st
-    from evo_fpn.storage_retry import RetryingStorage
-
-    grpc = _import_grpc()
+    grpc = import_grpc()
     log = log or _stderr
     if st.is_grpc(url):
         raise UsageError("--storage must be the database (sqlite:// or postgresql+psycopg://), not another server")
@@ -280,10 +249,10 @@ def serve(
     st.check_storage(url)
     # Server threads wait for a pooled connection instead of failing (pool_timeout).
     rdb = st.open_rdb(url, engine_overrides={"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 3600}, log=log)
-    w = st._waiter(url, log)
+    w = st.storage_waiter(url, log)
     backend = RetryingStorage(optuna.storages._CachedStorage(rdb), what=w.what, log=log, fix=w.fix, scrub=w.scrub)
     leases = Leases(url, log=log)
-    handlers = _Handlers(url, rdb, leases, lambda: st._waiter(url, log))
+    handlers = _Handlers(url, rdb, leases, lambda: st.storage_waiter(url, log))
     n_threads = threads or max(32, 4 * pool_size)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="storage-server"),
@@ -308,142 +277,6 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- client --------------------------------------------------------------------------------
-class _Rpc:
-    """The extra RPCs on a channel."""
-
-    def __init__(self, channel: Any) -> None:
-        self._channel = channel
-        self._calls: dict[str, Any] = {}
-
-    def __call__(self, method: str, request: dict, timeout: float | None = None) -> dict:
-        call = self._calls.get(method)
-        if call is None:
-            call = self._channel.unary_unary(
-                f"/{SERVICE}/{method}", request_serializer=_encode, response_deserializer=_decode
-            )
-            self._calls[method] = call
-        return call(request, timeout=timeout)
-
-
-def _channel(host: str, port: int) -> Any:
-    grpc = _import_grpc()
-    return grpc.insecure_channel(f"{host}:{port}", options=[("grpc.max_receive_message_length", -1)])
-
-
-def check_server(host: str, port: int, *, waiter: Waiter) -> dict:
-    """Ping the server (waiting for it like for a database); an unknown server is one line."""
-    grpc = _import_grpc()
-    channel = _channel(host, port)
-    try:
-        return call_with_retry(lambda: _Rpc(channel)("Ping", {}, timeout=10), waiter)
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise UsageError(
-                f"{host}:{port} is not an evo-fpn storage server (a bare optuna gRPC proxy?): start "
-                "python -m evo_fpn.storage_server --storage DATABASE_URL there"
-            ) from None
-        raise UsageError(f"the storage server at {host}:{port} failed: {describe(exc)}") from None
-    finally:
-        channel.close()
-
-
-def study_exists(host: str, port: int, study_name: str) -> bool:
-    proxy = GrpcStorageProxy(host=host, port=port)
-    try:
-        proxy.get_study_id_from_name(study_name)
-        return True
-    except KeyError:
-        return False
-    finally:
-        proxy.close()
-
-
-class GrpcStorage(GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's ``GrpcStorageProxy`` with heartbeats, through the server's extra RPCs."""
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        heartbeat_interval: int | None,
-        grace_period: int | None,
-        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-    ) -> None:
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period if grace_period is not None else 2 * (heartbeat_interval or 0)
-        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
-        super().__init__(host=host, port=port)
-
-    def _setup(self) -> None:
-        super()._setup()
-        self._rpc = _Rpc(self._channel)
-
-    def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        state.pop("_rpc", None)
-        return state
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self._rpc("RecordHeartbeat", {"trial_id": trial_id})
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return list(self._rpc("StaleTrialIds", {"study_id": study_id, "grace_period": self.grace_period})["trial_ids"])
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return self.heartbeat_stale_trial_callback
-
-
-class LeaseLock:
-    """The budget lock of a worker on a storage server: a lease, renewed while held."""
-
-    def __init__(self, host: str, port: int, name: str, *, waiter: Waiter, ttl: float = LEASE_TTL_S) -> None:
-        self._channel = _channel(host, port)
-        self._rpc = _Rpc(self._channel)
-        self._name = name
-        self._token = f"{os.getpid()}-{uuid.uuid4().hex}"
-        self._ttl = ttl
-        self._make_waiter = lambda: Waiter(waiter.what, wait_s=waiter.wait_s, log=waiter.log, fix=waiter.fix)
-        self._stop: threading.Event | None = None
-        self._renewer: threading.Thread | None = None
-
-    def _req(self) -> dict:
-        return {"name": self._name, "token": self._token, "ttl": self._ttl}
-
-    def acquire(self) -> None:
-        waiter = self._make_waiter()
-        pause = 0.02
-        while not call_with_retry(lambda: self._rpc("Lock", self._req()), waiter)["granted"]:
-            time.sleep(pause * (0.5 + os.urandom(1)[0] / 255))
-            pause = min(pause * 2, 0.2)
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew, args=(self._stop,), daemon=True, name="lease-renew")
-        self._renewer.start()
-
-    def _renew(self, stop: threading.Event) -> None:
-        while not stop.wait(self._ttl / 3):
-            try:
-                if not self._rpc("Renew", self._req(), timeout=self._ttl / 3)["held"]:
-                    _stderr(f"warning: the budget lease of study {self._name!r} expired while held (pid {os.getpid()})")
-                    return
-            except Exception as exc:  # the server is restarting: try again next period
-                if not is_transient(exc):
-                    raise
-
-    def release(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._stop = None
-        call_with_retry(lambda: self._rpc("Unlock", self._req()), self._make_waiter())
-
-    def close(self) -> None:
-        self._channel.close()
-
-
 # -- command line --------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
@@ -462,8 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 @guard
 def main(argv: Sequence[str] | None = None) -> int:
-    from evo_fpn import storage as st
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     url = args.storage or os.environ.get(st.ENV_STORAGE, "").strip()
