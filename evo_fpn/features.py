@@ -17,6 +17,7 @@ import fcntl
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,15 +101,12 @@ class FeatureStore:
 
     def _load_cache(self, train_split: Split, val_split: Split) -> None:
         path = self.cache_path()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        if not path.is_file():
-            with open(self.cache_dir / f".{path.name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per machine; others wait, then load
-                if not path.is_file():
-                    blob = build_stage(
-                        self.config.stage_config(), train_split, val_split, device=self.device, progress=self.progress
-                    )
-                    _save_atomically(blob, path)
+        build_once(
+            path,
+            lambda: build_stage(
+                self.config.stage_config(), train_split, val_split, device=self.device, progress=self.progress
+            ),
+        )
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
@@ -181,6 +179,19 @@ def build_stage(
             "config": {k: config.to_dict()[k] for k in STAGE_FIELDS},
         },
     }
+
+
+def build_once(path: Path, build: Callable[[], dict[str, Any]]) -> None:
+    """Make sure ``path`` exists: one process per machine runs ``build`` under a file lock while
+    the others wait, and the result is written atomically, so no half-written file is ever read
+    and a builder killed midway leaves nothing behind (the next one takes the lock and builds)."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            _save_atomically(build(), path)
 
 
 def _save_atomically(blob: dict[str, Any], path: Path) -> None:

@@ -22,6 +22,7 @@ from evo_fpn.errors import TrialFailed, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from evo_fpn.config import StudyConfig
+    from evo_fpn.proxy_config import ProxyConfig
 
 
 @dataclass
@@ -117,6 +118,29 @@ def _build_synthetic(cfg: StudyConfig, settings: Mapping[str, Any], progress: bo
 def _build_proxy(cfg: StudyConfig, settings: Mapping[str, Any], progress: bool) -> Built:
     from evo_fpn import proxy
 
+    pcfg = _proxy_config(cfg, settings)
+    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress)
+    return Built(task, (), {"task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()})
+
+
+def _build_supernet(cfg: StudyConfig, settings: Mapping[str, Any], progress: bool) -> Built:
+    """Shared weights on the proxy's preset and cached features: ``[proxy]`` as for the proxy
+    objective, ``[supernet]`` for how the weights are trained and a trial is scored."""
+    from evo_fpn import supernet
+
+    pcfg = _proxy_config(cfg, cfg.settings.get("proxy", {}))
+    if pcfg.backbone_mode != "cached":
+        raise UsageError("the supernet objective scores on cached backbone features: set proxy.backbone_mode = cached")
+    snc = supernet.SupernetConfig.from_dict(settings)
+    task = supernet.SupernetTask(pcfg, cfg.space, snc, device=cfg.device, progress=progress)
+    fingerprint = {"task": pcfg.fingerprint(), "supernet": snc.to_dict()}
+    return Built(task, (), fingerprint, {"proxy": pcfg.to_dict(), "supernet": snc.to_dict()})
+
+
+def _proxy_config(cfg: StudyConfig, settings: Mapping[str, Any]) -> ProxyConfig:
+    """The study's proxy configuration: its preset, its ``[proxy]`` table and ``--data``."""
+    from evo_fpn import proxy
+
     base = proxy.PRESETS[cfg.preset]
     data = dict(settings)
     unknown = sorted(set(data) - set(base.to_dict()))
@@ -133,9 +157,13 @@ def _build_proxy(cfg: StudyConfig, settings: Mapping[str, Any], progress: bool) 
 
         if not torch.cuda.is_available():
             raise UsageError("--device cuda but no CUDA device is visible: use --device auto or cpu")
-    task = proxy.ProxyTask(pcfg, device=cfg.device, progress=progress)
-    return Built(task, (), {"task": pcfg.fingerprint()}, {"proxy": pcfg.to_dict()})
+    return pcfg
 
 
 register(ObjectiveType("proxy", "proxy", _build_proxy, (TrialFailed,), "train each architecture on the proxy task"))
 register(ObjectiveType("synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner"))
+register(
+    ObjectiveType(
+        "supernet", "supernet", _build_supernet, (TrialFailed,), "score each architecture with shared weights (seconds)"
+    )
+)

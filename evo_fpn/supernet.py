@@ -1,0 +1,382 @@
+"""One-shot scoring: train a space's shared weights once, then score any architecture in seconds.
+
+NAS-FPN's two ops have no weights, so every architecture of one space (same cell count,
+levels, width and repeats) has exactly the same parameters: the input projections, one
+3x3 conv + norm per (repeat, cell position), and the head. Only the wiring differs. So the
+weights can be shared *exactly*: :class:`SharedNeck` holds them once and wires them as one
+architecture at a time (a :class:`~evo_fpn.neck.NasFpn` interpreter built on the ``meta``
+device whose conv and norm modules are the shared ones), and :func:`train_supernet` trains
+them as Single Path One-Shot does (Guo et al. 2019): each step trains one architecture drawn
+from the space, uniformly or in FairNAS's rounds (each choice of each decision equally often).
+
+A trial (:meth:`SupernetTask.evaluate`) wires the shared weights as its spec, restores the
+trained state (so no trial depends on the one before), re-estimates the BatchNorm statistics
+of that wiring on training batches (as SPOS and DetNAS do; GroupNorm cells need none), and
+scores COCO AP on the val split. The supernet is trained once per (proxy configuration,
+space, supernet settings), on the cached backbone features, and cached on disk next to them
+(:func:`evo_fpn.features.build_once`: file lock, atomic write), so every worker on a machine
+shares one. Whether its ranking can be trusted is measured, never assumed:
+``python -m benchmarks.bench_supernet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from evo_fpn.detector import Detector, neck_norm_layer
+from evo_fpn.errors import TrialFailed, UsageError
+from evo_fpn.evaluate import coco_ap
+from evo_fpn.features import FeatureStore, build_once
+from evo_fpn.neck import NasFpn, NormFactory
+from evo_fpn.proxy import ProxyTask
+from evo_fpn.proxy_config import ProxyConfig
+from evo_fpn.record import Reporter
+from evo_fpn.space import NasFpnSpace, SpaceConfig
+from evo_fpn.spec import ArchSpec
+from evo_fpn.training import predict, recalibrate_norms, total_steps, train_detector
+
+SUPERNET_FORMAT_VERSION = 1
+SAMPLING = ("uniform", "fair")
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """How the shared weights are trained and how a trial is scored (the ``[supernet]`` table).
+
+    ``epochs`` over the cached training features (a proxy trial trains 16); ``sampling``:
+    ``uniform`` (every decision uniform each step, SPOS) or ``fair`` (each decision cycles
+    through its choices in shuffled rounds, FairNAS); ``recal_batches``: training batches that
+    re-estimate a trial's BatchNorm statistics (0: keep the supernet's running averages);
+    ``checkpoints``: also keep the weights after this many evenly spaced fractions of the
+    training (for the benchmark's curve of fidelity against training length).
+    """
+
+    epochs: float = 48.0
+    sampling: str = "uniform"
+    recal_batches: int = 20
+    seed: int = 0
+    checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        if self.recal_batches < 0:
+            raise ValueError(f"recal_batches must be >= 0, got {self.recal_batches}")
+        if not 1 <= self.checkpoints <= 10:
+            raise ValueError(f"checkpoints must lie in 1..10, got {self.checkpoints}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetConfig:
+        """A config from a (partial) ``[supernet]`` table; bad fields raise :class:`UsageError`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise UsageError(f"unknown supernet setting {unknown[0]!r}; known: {', '.join(names)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad [supernet] settings: {exc}") from None
+
+    def replace(self, **changes: Any) -> SupernetConfig:
+        return dataclasses.replace(self, **changes)
+
+    def training(self) -> dict[str, Any]:
+        """The fields the trained weights depend on (``recal_batches`` only changes scoring)."""
+        d = self.to_dict()
+        d.pop("recal_batches")
+        return d
+
+
+class SharedNeck(nn.Module):
+    """The shared weights of a space's NAS-FPN necks, wired as one architecture at a time.
+
+    ``weights`` (a :class:`NasFpn` of any spec of the space) owns every parameter and buffer;
+    :meth:`use` builds the interpreter of another spec on the ``meta`` device and points its
+    projections and its cells' convs and norms at the owned modules, so gradients, running
+    statistics and ``train()``/``eval()`` all reach the one set of weights. Interpreters are
+    kept in a small cache, outside the module tree (no duplicate state dict entries).
+    """
+
+    def __init__(self, weights: NasFpn, norm_layer: NormFactory | None, cache_size: int = 64) -> None:
+        super().__init__()
+        self.weights = weights
+        self.out_channels = weights.out_channels
+        self.repeats = weights.repeats
+        self.levels = tuple(weights.spec.levels)
+        self._norm_layer = norm_layer
+        self._cache_size = cache_size
+        self._wired: OrderedDict[str, NasFpn] = OrderedDict()
+        self.spec = weights.spec
+        object.__setattr__(self, "_active", weights)  # not a submodule: the weights are registered once
+
+    def mismatch(self, spec: ArchSpec) -> str | None:
+        """Why ``spec`` cannot be wired with these weights (``None``: it can)."""
+        own = self.weights.spec
+        if (spec.min_level, spec.max_level) != (own.min_level, own.max_level):
+            return f"levels P{spec.min_level}-P{spec.max_level}, the supernet's are P{own.min_level}-P{own.max_level}"
+        if len(spec.cells) != len(own.cells):
+            return f"{len(spec.cells)} cells, the supernet has {len(own.cells)}"
+        return None
+
+    def use(self, spec: ArchSpec) -> SharedNeck:
+        """Wire the shared weights as ``spec`` (``ValueError`` if it is not of this space)."""
+        key = spec.to_json()
+        net = self._wired.get(key)
+        if net is None:
+            why = self.mismatch(spec)
+            if why is not None:
+                raise ValueError(f"this supernet cannot score the architecture: it has {why}")
+            with torch.device("meta"):
+                net = NasFpn(
+                    spec=spec,
+                    in_channels=self.weights.in_channels,
+                    channels=self.out_channels,
+                    repeats=self.repeats,
+                    norm_layer=self._norm_layer,
+                )
+            net.projections = self.weights.projections
+            for stage, owner in zip(net.stages, self.weights.stages, strict=True):
+                for cell, shared in zip(stage.cells, owner.cells, strict=True):  # type: ignore[call-overload]
+                    cell.conv, cell.norm = shared.conv, shared.norm
+            self._wired[key] = net
+            if len(self._wired) > self._cache_size:
+                self._wired.popitem(last=False)
+        self._wired.move_to_end(key)
+        self.spec = spec
+        object.__setattr__(self, "_active", net)
+        return self
+
+    def forward(self, features: Any) -> OrderedDict[str, Tensor]:
+        return self._active(features)
+
+
+def spec_sampler(space: NasFpnSpace, sampling: str, rng: random.Random) -> Callable[[], ArchSpec]:
+    """Draws the architecture of each training step: ``uniform`` (SPOS) or ``fair`` (each
+    decision's choices once per shuffled round, FairNAS; the constraint repair of
+    :meth:`NasFpnSpace.decode` then moves a few of them)."""
+    if sampling == "uniform":
+        return lambda: space.sample(rng)
+    rounds: dict[str, list[Any]] = {name: [] for name in space.distributions}
+
+    def draw() -> ArchSpec:
+        params = {}
+        for name, dist in space.distributions.items():
+            if not rounds[name]:
+                rounds[name] = list(dist.choices)
+                rng.shuffle(rounds[name])
+            params[name] = rounds[name].pop()
+        return space.decode(params)
+
+    return draw
+
+
+def build_supernet(
+    config: ProxyConfig, space: SpaceConfig, *, num_classes: int, with_backbone: bool, seed: int
+) -> Detector:
+    """The RetinaNet whose neck is the space's :class:`SharedNeck` (seeded initialisation)."""
+    template = NasFpnSpace(space).sample(random.Random(0))
+    torch.manual_seed(seed)
+    model = config.build_detector(template, num_classes=num_classes, with_backbone=with_backbone)
+    weights = model.neck
+    assert isinstance(weights, NasFpn)
+    model.retina.backbone = SharedNeck(weights, neck_norm_layer(template, config.neck_norm, config.fpn_norm))
+    return model
+
+
+def train_supernet(
+    store: FeatureStore,
+    config: ProxyConfig,
+    space: SpaceConfig,
+    supernet: SupernetConfig,
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train the shared weights on the store's training features, one sampled architecture
+    per step; return the state (and the checkpoints) as a blob for the cache."""
+    store.prepare()
+    assert store.train is not None
+    model = build_supernet(
+        config, space, num_classes=store.num_classes, with_backbone=not store.cached, seed=supernet.seed
+    ).to(store.device)
+    neck = model.neck
+    assert isinstance(neck, SharedNeck)
+    draw = spec_sampler(NasFpnSpace(space), supernet.sampling, random.Random(supernet.seed))
+    neck.use(draw())
+    total = total_steps(len(store.train), config.batch_size, supernet.epochs)
+    marks = {max(1, round(total * k / supernet.checkpoints)): k for k in range(1, supernet.checkpoints)}
+    checkpoints: dict[str, dict[str, Tensor]] = {}
+
+    def on_step(step: int) -> None:
+        if step in marks:
+            epochs = supernet.epochs * marks[step] / supernet.checkpoints
+            checkpoints[f"{epochs:g}"] = _cpu_state(model)
+        neck.use(draw())
+
+    t0 = time.perf_counter()
+    facts = train_detector(
+        model,
+        store.train,
+        config=config,
+        epochs=supernet.epochs,
+        device=store.device,
+        seed=supernet.seed,
+        progress=progress,
+        on_step=on_step,
+        desc="supernet (once)",
+    )
+    checkpoints[f"{supernet.epochs:g}"] = _cpu_state(model)
+    meta = {
+        "seconds": time.perf_counter() - t0,
+        "steps": facts["steps"],
+        "first_loss": facts["first_loss"],
+        "last_loss": facts["last_loss"],
+        "threads": torch.get_num_threads() if store.device.type == "cpu" else 0,
+        "device": str(store.device),
+    }
+    return {"checkpoints": checkpoints, "meta": meta}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class SupernetTask:
+    """The ``supernet`` objective: scores an architecture with the shared weights (seconds).
+
+    Example::
+
+        task = SupernetTask(PRESETS["default"], SpaceConfig(), SupernetConfig()).prepare()
+        task.evaluate(PUBLISHED_NASFPN)["ap"]
+
+    :meth:`prepare` loads (or, once per machine, trains) the supernet; :meth:`evaluate` never
+    writes to a trial (the Objective does) and gives what a proxy trial records: the AP
+    breakdown and the costs (counted for the spec as if trained alone).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        space: SpaceConfig,
+        supernet: SupernetConfig | None = None,
+        *,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        cache_dir: str | Path | None = None,
+        store: FeatureStore | None = None,
+    ) -> None:
+        if config.backbone_mode != "cached":
+            raise UsageError("the supernet objective trains on cached backbone features: use backbone_mode cached")
+        self.config = config.replace(seeds=1)
+        self.space = space
+        self.supernet = supernet or SupernetConfig()
+        self.proxy = ProxyTask(self.config, device=device, progress=progress, cache_dir=cache_dir, store=store)
+        self.store = self.proxy.store
+        self.progress = bool(progress)
+        self.model: Detector | None = None
+        self.meta: dict[str, Any] = {}
+        self.checkpoints: tuple[str, ...] = ()
+        self._state: dict[str, Tensor] = {}
+
+    def key(self) -> str:
+        """Hash of what the shared weights depend on: the proxy's recipe and features, the space
+        and the supernet's training settings (not a trial's seed, seeds or scoring)."""
+        recipe = self.config.replace(seed=0, reports=1, epochs=self.supernet.epochs, norm_recal_batches=0)
+        blob = {
+            "v": SUPERNET_FORMAT_VERSION,
+            "proxy": recipe.fingerprint(),
+            "space": self.space.to_dict(),
+            "supernet": self.supernet.training(),
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cache_path(self) -> Path:
+        return self.store.cache_dir / f"supernet-{self.key()}.pt"
+
+    def prepare(self) -> SupernetTask:
+        """Load the dataset, the backbone features and the supernet (training it once if no
+        worker on this machine has); idempotent."""
+        if self.model is not None:
+            return self
+        store = self.store.prepare()
+        path = self.cache_path()
+        if not path.is_file() and self.progress:
+            print(f"training the supernet once for this configuration ({self.supernet.epochs:g} epochs) -> {path}")
+        build_once(path, lambda: train_supernet(store, self.config, self.space, self.supernet, progress=self.progress))
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
+            raise UsageError(f"{path}: unreadable supernet ({exc}); delete the file to retrain it") from None
+        self.meta = dict(blob["meta"])
+        self.checkpoints = tuple(blob["checkpoints"])
+        model = build_supernet(
+            self.config, self.space, num_classes=store.num_classes, with_backbone=False, seed=self.supernet.seed
+        )
+        self.model = model.to(store.device)
+        self._all = blob["checkpoints"]
+        self.use_checkpoint(self.checkpoints[-1])
+        return self
+
+    def use_checkpoint(self, epochs: str) -> None:
+        """Score with the weights after ``epochs`` of the supernet's training (one of
+        :attr:`checkpoints`; the last, the fully trained one, is the default)."""
+        if epochs not in self._all:
+            raise ValueError(f"no checkpoint at {epochs} epochs; have {', '.join(self.checkpoints)}")
+        self._state = self._all[epochs]
+
+    def costs(self, spec: ArchSpec | str) -> dict[str, int]:
+        return self.proxy.costs(spec)
+
+    def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
+        """Score ``spec`` with the shared weights: restore the trained state, wire, re-estimate
+        BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
+        supernet cannot wire (another cell count or level range)."""
+        self.prepare()
+        assert self.model is not None and self.store.train is not None and self.store.val is not None
+        if isinstance(spec, str) or not isinstance(spec, ArchSpec):
+            raise TrialFailed(f"the supernet scores architectures of its space only, not {spec!r}")
+        costs = self.costs(spec)
+        t0 = time.perf_counter()
+        model, neck = self.model, self.model.neck
+        assert isinstance(neck, SharedNeck)
+        try:
+            neck.use(spec)
+        except ValueError as exc:
+            raise TrialFailed(str(exc)) from None
+        model.load_state_dict(self._state)
+        recal = self.supernet.recal_batches
+        recalibrate_norms(model, self.store.train, batches=recal, config=self.config, device=self.store.device)
+        t1 = time.perf_counter()
+        metrics: dict[str, Any] = coco_ap(
+            self.store.val.split.coco_gt, predict(model, self.store.val, device=self.store.device, progress=False)
+        )
+        t2 = time.perf_counter()
+        metrics.update(costs)
+        metrics.update(
+            train_seconds=0.0,
+            eval_seconds=t2 - t0,
+            recal_seconds=t1 - t0,
+            threads=torch.get_num_threads() if self.store.device.type == "cpu" else 0,
+        )
+        if reporter is not None:
+            reporter.report(metrics["ap"], 1)
+        return metrics
+
+
+__all__ = ["SharedNeck", "SupernetConfig", "SupernetTask", "build_supernet", "spec_sampler", "train_supernet"]

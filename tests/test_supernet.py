@@ -1,0 +1,210 @@
+"""The supernet objective: exact weight sharing, fair sampling, a cached supernet, order-free scores."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from evo_fpn import record
+from evo_fpn.cli import UsageError
+from evo_fpn.errors import TrialFailed
+from evo_fpn.features import build_once
+from evo_fpn.neck import NasFpn
+from evo_fpn.proxy import ProxyConfig
+from evo_fpn.run import main
+from evo_fpn.space import NasFpnSpace, SpaceConfig
+from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
+
+TINY = ProxyConfig(
+    digits_train=32,
+    digits_val=16,
+    image_size=64,
+    digits_min_scale=8,
+    digits_max_scale=48,
+    backbone_epochs=1.0,
+    width=16,
+    head_depth=1,
+    batch_size=8,
+    epochs=4.0,
+    reports=2,
+)
+TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
+
+
+def shared(spec: ArchSpec, repeats: int = 2) -> SharedNeck:
+    torch.manual_seed(0)
+    weights = NasFpn(spec=spec, in_channels=(8, 16, 32), channels=8, repeats=repeats)
+    return SharedNeck(weights, None)
+
+
+def features() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(2, c, s, s, generator=g) for c, s in ((8, 16), (16, 8), (32, 4))]
+
+
+def test_a_wired_architecture_computes_what_that_architecture_computes_with_the_shared_weights() -> None:
+    neck = shared(PUBLISHED_NASFPN).eval()
+    alone = NasFpn(spec=FPN_LIKE, in_channels=(8, 16, 32), channels=8, repeats=2).eval()
+    alone.load_state_dict(neck.weights.state_dict())  # every architecture of the space has these parameters
+    out, ref = neck.use(FPN_LIKE)(features()), alone(features())
+    assert list(out) == list(ref)
+    for k in out:
+        torch.testing.assert_close(out[k], ref[k])
+    # one set of parameters, whatever is wired; the cached interpreters hold none of their own
+    assert sum(p.numel() for p in neck.parameters()) == sum(p.numel() for p in alone.parameters())
+    assert list(neck.state_dict()) == ["weights." + k for k in alone.state_dict()]
+
+
+def test_training_one_wiring_moves_the_shared_weights_and_eval_mode_reaches_them() -> None:
+    neck = shared(PUBLISHED_NASFPN)
+    before = {k: v.clone() for k, v in neck.state_dict().items()}
+    sum(v.sum() for v in neck.use(FPN_LIKE)(features()).values()).backward()
+    grads = [p.grad for p in neck.parameters()]
+    assert all(g is not None for g in grads)
+    assert not torch.equal(before["weights.stages.0.cells.0.norm.running_mean"],
+                           neck.state_dict()["weights.stages.0.cells.0.norm.running_mean"])  # fmt: skip
+    neck.eval()
+    bn = neck._active.stages[0].cells[0].norm
+    assert bn is neck.weights.stages[0].cells[0].norm and not bn.training
+
+
+def test_an_architecture_of_another_space_is_refused_with_the_reason() -> None:
+    neck = shared(PUBLISHED_NASFPN)
+    small = NasFpnSpace(SpaceConfig(num_cells=6, num_intermediate=1)).sample(random.Random(0))
+    with pytest.raises(ValueError, match="6 cells, the supernet has 7"):
+        neck.use(small)
+    lite = NasFpnSpace(SpaceConfig(num_cells=6, num_intermediate=2, max_level=6)).sample(random.Random(0))
+    with pytest.raises(ValueError, match="levels P3-P6"):
+        neck.use(lite)
+
+
+def test_fair_sampling_trains_every_choice_of_a_decision_equally_often() -> None:
+    space = NasFpnSpace()
+    draw = spec_sampler(space, "fair", random.Random(0))
+    ops = Counter((k, c.op) for _ in range(10) for k, c in enumerate(draw().cells))
+    assert set(ops.values()) == {5}  # ops are never repaired: exactly 5 of 10 each, per cell
+    uniform = spec_sampler(space, "uniform", random.Random(0))
+    counts = Counter((k, c.op) for _ in range(10) for k, c in enumerate(uniform().cells))
+    assert set(counts.values()) != {5}  # uniform draws are not balanced (this seed)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"epochs": 0}, "epochs must be > 0"),
+        ({"sampling": "greedy"}, "sampling must be one of uniform, fair"),
+        ({"recal_batches": -1}, "recal_batches must be >= 0"),
+        ({"epcohs": 2}, "unknown supernet setting 'epcohs'"),
+    ],
+)
+def test_bad_supernet_settings_are_one_line_usage_errors(settings: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        SupernetConfig.from_dict(settings)
+
+
+def _hold_the_lock(path: str, started: str) -> None:
+    def slow() -> dict:
+        Path(started).touch()  # inside the lock, before anything is written
+        time.sleep(120)
+        return {}
+
+    build_once(Path(path), slow)
+
+
+def test_a_builder_killed_midway_leaves_nothing_and_the_next_one_builds(tmp_path: Path) -> None:
+    path, started = tmp_path / "cache" / "supernet-x.pt", tmp_path / "started"
+    child = multiprocessing.get_context("spawn").Process(target=_hold_the_lock, args=(str(path), str(started)))
+    child.start()
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the builder never took the lock"
+    child.kill()
+    child.join()
+    assert [p.name for p in path.parent.iterdir()] == [f".{path.name}.lock"]  # no cache, no temp file
+    build_once(path, lambda: {"ok": 1})
+    assert torch.load(path, weights_only=True) == {"ok": 1}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> SupernetTask:
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("cache")
+    return SupernetTask(TINY, SpaceConfig(), TINY_NET, device="cpu", progress=False, cache_dir=cache).prepare()
+
+
+def test_scores_do_not_depend_on_the_order_of_trials(task: SupernetTask) -> None:
+    a = task.evaluate(PUBLISHED_NASFPN)
+    b = task.evaluate(FPN_LIKE)
+    again = task.evaluate(PUBLISHED_NASFPN)
+    assert 0.0 <= a["ap"] <= 1.0 and a["ap"] == again["ap"] and a["ap50"] == again["ap50"]
+    assert a["neck_flops"] != b["neck_flops"] and a["neck_params"] == b["neck_params"]
+    assert a["train_seconds"] == 0.0 and a["eval_seconds"] >= a["recal_seconds"] > 0
+    assert a == {**a, **task.costs(PUBLISHED_NASFPN)}  # the costs of the architecture trained alone
+
+
+def test_the_supernet_is_trained_once_and_keyed_by_what_its_weights_depend_on(task: SupernetTask) -> None:
+    path = task.cache_path()
+    assert path.is_file() and task.checkpoints == ("1", "2")
+    mtime = path.stat().st_mtime_ns
+    again = SupernetTask(TINY, SpaceConfig(), TINY_NET, device="cpu", progress=False, store=task.store).prepare()
+    assert again.cache_path() == path and path.stat().st_mtime_ns == mtime  # loaded, not retrained
+    assert again.evaluate(FPN_LIKE)["ap"] == task.evaluate(FPN_LIKE)["ap"]
+    rescored = SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(recal_batches=5), store=task.store)
+    assert rescored.key() == task.key()  # scoring settings do not retrain
+    for other in (
+        SupernetTask(TINY.replace(repeats=2), SpaceConfig(), TINY_NET, store=task.store),
+        SupernetTask(TINY, SpaceConfig(num_cells=6, num_intermediate=1), TINY_NET, store=task.store),
+        SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(sampling="fair"), store=task.store),
+        SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(epochs=3.0), store=task.store),
+    ):
+        assert other.key() != task.key()
+    task.use_checkpoint("1")
+    early = task.evaluate(FPN_LIKE)["ap"]
+    task.use_checkpoint("2")
+    with pytest.raises(ValueError, match="no checkpoint at 7"):
+        task.use_checkpoint("7")
+    assert 0.0 <= early <= 1.0
+
+
+def test_an_architecture_the_supernet_cannot_wire_fails_the_trial_only(task: SupernetTask) -> None:
+    with pytest.raises(TrialFailed, match="not 'torchvision_fpn'"):
+        task.evaluate("torchvision_fpn")  # type: ignore[arg-type]
+    small = NasFpnSpace(SpaceConfig(num_cells=6, num_intermediate=1)).sample(random.Random(0))
+    with pytest.raises(TrialFailed, match="6 cells"):
+        task.evaluate(small)
+
+
+def test_a_study_runs_on_the_supernet_objective(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: SupernetTask
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    fields = {k: v for k, v in TINY.to_dict().items() if v != ProxyConfig().to_dict()[k]}
+    proxy = "\n".join(f"{k} = {v!r}" for k, v in fields.items())
+    (tmp_path / "one-shot.toml").write_text(
+        f'objective = "supernet"\npreset = "default"\nn_trials = 3\n[sampler]\nname = "random"\n'
+        f"[proxy]\n{proxy}\nseeds = 1\n[supernet]\nepochs = 2.0\nrecal_batches = 2\ncheckpoints = 2\n"
+    )
+    assert main(["--study", "one-shot.toml", "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
+    study = optuna.load_study(study_name="one-shot", storage=f"sqlite:///{tmp_path / 'studies' / 'one-shot.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    for t in study.trials:
+        spec = ArchSpec.from_json(t.user_attrs[record.SPEC])
+        assert t.value == t.user_attrs["ap"] == task.evaluate(spec)["ap"]  # the worker used the cached supernet
+        assert t.user_attrs["neck_flops"] == task.costs(spec)["neck_flops"]
+        assert t.user_attrs[record.OBJECTIVE] == "supernet"
+    assert study.user_attrs["fingerprint_parts"]["objective"] == "supernet"
+    assert study.user_attrs["config"]["supernet"]["epochs"] == 2.0
+    (tmp_path / "bad.toml").write_text('objective = "supernet"\n[supernet]\nsampling = "greedy"\n')
+    assert main(["--study", "bad.toml", "--no-progress"]) == 2
+    assert not (tmp_path / "studies" / "bad.db").exists()
