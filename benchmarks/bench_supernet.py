@@ -1,0 +1,235 @@
+"""Does the supernet rank like training? Kendall tau of supernet AP against the stand-alone proxy.
+
+    python -m benchmarks.bench_supernet                        # train each lever's supernet once, score; resumable
+    python -m benchmarks.bench_supernet --levers default,fair  # some levers only
+    python -m benchmarks.bench_supernet --with-proxy           # also run missing stand-alone proxy seeds
+    python -m benchmarks.bench_supernet --speed                # seconds a trial, side by side with a proxy trial
+    python -m benchmarks.bench_supernet --report [--json]      # the table from the records, train nothing
+
+The architectures are the 20 of the search space among ``bench_proxy``'s (published NAS-FPN,
+FPN-like and 18 seeded random points; torchvision's FPN is not in the space). The stand-alone
+score of each is the default preset's: the mean AP of seeds 0 and 1, read from
+``benchmarks/records/proxy_trials.jsonl`` (``--with-proxy`` runs the missing ones, about five
+minutes a seed on one core). A lever is a change to the supernet's settings (or the proxy's, for
+the cells' norm); the levers that change only how a trial is scored share the trained weights,
+and every supernet keeps checkpoints, so the curve against training length costs no training.
+Every scored (lever, checkpoint, architecture) is one JSON line in
+``benchmarks/records/supernet.jsonl``; a rerun skips what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from benchmarks.bench_fidelity import REFERENCES
+from benchmarks.bench_proxy import RECORDS, architectures, load_done, run_trials, seed_config, spec_json
+from evo_fpn.proxy import PRESETS, ProxyTask
+from evo_fpn.space import SpaceConfig
+from evo_fpn.spec import ArchSpec
+from evo_fpn.supernet import SupernetConfig, SupernetTask
+
+SUPERNET_RECORDS = RECORDS / "supernet.jsonl"
+PROXY_SEEDS = 2
+
+LEVERS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # BatchNorm statistics of each wiring: none re-estimated, or 5x more batches
+    "recal0": {"supernet": {"recal_batches": 0}},
+    "recal100": {"supernet": {"recal_batches": 100}},
+    # FairNAS: every choice of every decision trained equally often
+    "fair": {"supernet": {"sampling": "fair"}},
+    # GroupNorm cells: no statistics to re-estimate (the stand-alone proxy keeps BatchNorm)
+    "group": {"proxy": {"neck_norm": "group"}},
+}
+"""Changes to the default supernet (``supernet``) or to the proxy it trains on (``proxy``)."""
+
+
+def space_archs() -> dict[str, ArchSpec]:
+    return {n: a for n, a in architectures(18).items() if isinstance(a, ArchSpec)}
+
+
+def lever_task(lever: str, device: str = "cpu", progress: bool = True) -> SupernetTask:
+    change = LEVERS[lever]
+    proxy = PRESETS["default"].replace(**change.get("proxy", {}))
+    supernet = SupernetConfig().replace(**change.get("supernet", {}))
+    return SupernetTask(proxy, SpaceConfig(), supernet, device=device, progress=progress)
+
+
+def load_records(path: Path = SUPERNET_RECORDS) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def record_id(key: str, recal: int, checkpoint: str, arch: str) -> tuple[str, int, str, str]:
+    return (key, recal, checkpoint, arch)
+
+
+def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> None:
+    """Score every architecture with every checkpoint of every lever's supernet, appending records."""
+    done = {record_id(r["supernet_key"], r["recal_batches"], r["checkpoint"], r["arch"]) for r in load_records(path)}
+    archs = space_archs()
+    for lever in levers:
+        task = lever_task(lever, device).prepare()
+        for checkpoint in task.checkpoints:
+            task.use_checkpoint(checkpoint)
+            for name, spec in archs.items():
+                rid = record_id(task.key(), task.supernet.recal_batches, checkpoint, name)
+                if rid in done:
+                    continue
+                metrics = task.evaluate(spec)
+                rec = {
+                    "lever": lever,
+                    "supernet_key": task.key(),
+                    "supernet": task.supernet.to_dict(),
+                    "proxy_fingerprint": task.config.fingerprint(),
+                    "recal_batches": task.supernet.recal_batches,
+                    "checkpoint": checkpoint,
+                    "supernet_seconds": task.meta["seconds"],
+                    "supernet_threads": task.meta["threads"],
+                    "arch": name,
+                    "spec": spec_json(spec),
+                    **{k: metrics[k] for k in ("ap", "ap50", "eval_seconds", "recal_seconds", "threads", "neck_flops")},
+                }
+                with path.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                done.add(rid)
+                print(f"{lever:<9} {checkpoint:>4} ep  {name:<22} AP {rec['ap']:.4f}  {rec['eval_seconds']:.2f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+
+def proxy_scores() -> dict[str, float]:
+    """Stand-alone default-preset AP (mean of seeds 0..1) of the architectures that have both."""
+    done = load_done(RECORDS / "proxy_trials.jsonl", seed_config(PRESETS["default"]).fingerprint())
+    return {
+        n: statistics.fmean(done[(n, s)]["ap"] for s in range(PROXY_SEEDS))
+        for n in space_archs()
+        if all((n, s) in done for s in range(PROXY_SEEDS))
+    }
+
+
+def reference_scores() -> dict[str, float]:
+    """End-to-end reference AP (8 epochs, 1 repeat) where a run is recorded."""
+    done = load_done(RECORDS / "fidelity_reference.jsonl", REFERENCES["adamw-8ep"].fingerprint())
+    return {n: r["ap"] for (n, s), r in done.items() if s == 0}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (lever, checkpoint): tau/rho against the stand-alone proxy and the reference."""
+    proxy, reference = proxy_scores(), reference_scores()
+    current = {lever: (lever_task(lever, progress=False).key(), lever_task(lever).supernet.recal_batches)
+               for lever in LEVERS}  # fmt: skip
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in records:
+        if current.get(r["lever"]) == (r["supernet_key"], r["recal_batches"]):
+            groups.setdefault((r["lever"], r["checkpoint"]), {})[r["arch"]] = r
+    rows = []
+    for (lever, checkpoint), by_arch in groups.items():
+        row: dict[str, Any] = {"lever": lever, "checkpoint_epochs": float(checkpoint), "archs": len(by_arch)}
+        for what, truth in (("proxy", proxy), ("reference", reference)):
+            names = [n for n in by_arch if n in truth]
+            a, b = [by_arch[n]["ap"] for n in names], [truth[n] for n in names]
+            ok = len(names) >= 3
+            row[f"tau_{what}"] = float(kendalltau(a, b).statistic) if ok else None
+            row[f"rho_{what}"] = float(spearmanr(a, b).statistic) if ok else None
+            row[f"n_{what}"] = len(names)
+        runs = list(by_arch.values())
+        row["seconds_per_trial"] = statistics.median(r["eval_seconds"] for r in runs)
+        row["supernet_minutes"] = runs[0]["supernet_seconds"] / 60
+        row["ap_mean"] = statistics.fmean(r["ap"] for r in runs)
+        rows.append(row)
+    order = list(LEVERS)
+    rows.sort(key=lambda r: (order.index(r["lever"]), r["checkpoint_epochs"]))
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"{'lever':<9} {'epochs':>6} {'archs':>5} {'tau proxy':>9} {'rho proxy':>9} {'n':>3} {'tau ref':>8} {'n':>3} "
+          f"{'mean AP':>8} {'s/trial':>8} {'supernet min':>12}")  # fmt: skip
+    for r in rows:
+        print(
+            f"{r['lever']:<9} {r['checkpoint_epochs']:6g} {r['archs']:5d} {f(r['tau_proxy']):>9} "
+            f"{f(r['rho_proxy']):>9} {r['n_proxy']:3d} {f(r['tau_reference']):>8} {r['n_reference']:3d} "
+            f"{r['ap_mean']:8.4f} {r['seconds_per_trial']:8.2f} {r['supernet_minutes']:12.1f}"
+        )
+
+
+def speed(device: str, trials: int) -> dict[str, Any]:
+    """Seconds per supernet trial (norm re-estimation and evaluation included) and per
+    stand-alone default-preset trial (both seeds, side by side as a worker trains them), in
+    one run on this machine."""
+    task = lever_task("default", device).prepare()
+    archs = list(space_archs().values())[:trials]
+    t0 = time.perf_counter()
+    for spec in archs:
+        task.evaluate(spec)
+    per_supernet = (time.perf_counter() - t0) / len(archs)
+    proxy = ProxyTask(PRESETS["default"], device=device, progress=False).prepare()
+    t1 = time.perf_counter()
+    proxy.evaluate(archs[0])
+    per_proxy = time.perf_counter() - t1
+    out = {
+        "supernet_seconds_per_trial": per_supernet,
+        "supernet_trials_per_hour": 3600 / per_supernet,
+        "proxy_seconds_per_trial": per_proxy,
+        "ratio": per_proxy / per_supernet,
+        "threads": torch.get_num_threads(),
+        "supernet_training_minutes": task.meta["seconds"] / 60,
+    }
+    print(
+        f"supernet: {per_supernet:.2f} s a trial ({3600 / per_supernet:.0f} an hour; its one-off training took "
+        f"{task.meta['seconds'] / 60:.1f} min); stand-alone proxy trial: {per_proxy:.0f} s; ratio {out['ratio']:.0f}x"
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--levers", default="default", help=f"comma-separated from {', '.join(LEVERS)}")
+    p.add_argument("--with-proxy", action="store_true", help="first run the missing stand-alone proxy seeds")
+    p.add_argument("--speed", action="store_true", help="time supernet trials against one proxy trial")
+    p.add_argument("--speed-trials", type=int, default=20)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
+    p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
+    p.add_argument("--records", type=Path, default=SUPERNET_RECORDS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    levers = [n.strip() for n in args.levers.split(",") if n.strip()]
+    bad = [n for n in levers if n not in LEVERS]
+    if bad or not levers:
+        p.error(f"unknown lever {', '.join(bad) or '(none)'}; choose from {', '.join(LEVERS)}")
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        args.records.parent.mkdir(parents=True, exist_ok=True)
+        if args.with_proxy:
+            jobs = [(n, a, s) for s in range(PROXY_SEEDS) for n, a in space_archs().items()]
+            run_trials(PRESETS["default"], jobs, device=args.device, path=RECORDS / "proxy_trials.jsonl")
+        if args.speed:
+            out = speed(args.device, args.speed_trials)
+            with (RECORDS / "supernet_speed.jsonl").open("a") as f:
+                f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **out}) + "\n")
+            return 0
+        score(levers, device=args.device, path=args.records)
+    rows = summarise(load_records(args.records))
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
