@@ -134,12 +134,14 @@ def run_once(pg: PgCluster, k: int, route: str, toml: Path, cwd: Path, budget: i
     sampler = Sampler(pg, pids)
     sampler.start()
     deadline = time.monotonic() + timeout
+    killed = set()
     for p in procs:
         try:
             p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+            killed.add(p.pid)
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
@@ -147,7 +149,7 @@ def run_once(pg: PgCluster, k: int, route: str, toml: Path, cwd: Path, budget: i
         server.terminate()
         server.wait(timeout=30)
     texts = [e.read_text() for e in errs]
-    died = [i for i, p in enumerate(procs) if p.returncode != 0]
+    died = [i for i, p in enumerate(procs) if p.returncode != 0 and p.pid not in killed]
     tracebacks = [i for i in died if "Traceback" in texts[i]]
     study = optuna.load_study(study_name="workers", storage=url)
     trials = study.get_trials(deepcopy=False)
@@ -179,7 +181,7 @@ def run_once(pg: PgCluster, k: int, route: str, toml: Path, cwd: Path, budget: i
         "rss_mb_median": statistics.median(worker_rss) if worker_rss else 0.0,
         "rss_mb_max": max(worker_rss) if worker_rss else 0.0,
         "server_rss_mb": sampler.rss_kb.get(server.pid, 0) / 1024 if server else None,
-        "timed_out": wall >= timeout,
+        "killed_at_timeout": len(killed),
     }
 
 
@@ -225,18 +227,19 @@ def main() -> None:
                 print(f"  {k} workers, {route}: {json.dumps(row)}", file=sys.stderr, flush=True)
     print(f"\n{args.per_worker} trials per worker, synthetic objective sleeping {args.sleep} s, evolution, "
           f"PostgreSQL max_connections = {args.max_connections}")  # fmt: skip
-    head = ("workers", "route", "died", "(traceback)", "waited", "trials by state", "dup", "overshoot",
+    head = ("workers", "route", "died", "(traceback)", "killed", "waited", "trials by state", "dup", "overshoot",
             "peak conn", "trials/s", "wall s", "RSS MB/worker")  # fmt: skip
-    widths = (7, 6, 4, 11, 6, -28, 3, 9, 9, 8, 6, 13)
+    widths = (7, 6, 4, 11, 6, 6, -28, 3, 9, 9, 8, 6, 13)
     print("  ".join(_cell(h, w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
         states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
-        cells = (r["workers"], r["route"], r["died"], r["died_with_traceback"], r["waited"], states,
-                 r["duplicate_numbers"], r["overshoot"], r["peak_connections"], f"{r['trials_per_s']:.2f}",
+        cells = (r["workers"], r["route"], r["died"], r["died_with_traceback"], r["killed_at_timeout"], r["waited"],
+                 states, r["duplicate_numbers"], r["overshoot"], r["peak_connections"], f"{r['trials_per_s']:.2f}",
                  f"{r['wall_s']:.0f}", f"{r['rss_mb_median']:.0f} ({r['rss_mb_max']:.0f})")  # fmt: skip
         print("  ".join(_cell(c, w) for c, w in zip(cells, widths, strict=True)))
     print(
-        "died: non-zero exits; waited: workers that printed a 'waiting for' status line; overshoot: finished "
+        "died: non-zero exits; killed: still running at --timeout; waited: workers that printed a 'waiting for' "
+        "status line; overshoot: finished "
         "trials minus budget; RSS: median (max) peak resident memory of a worker process"
     )
     RESULTS.mkdir(exist_ok=True)

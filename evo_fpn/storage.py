@@ -28,8 +28,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import random
 import re
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,9 @@ POOL_KWARGS: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping
 """Per direct worker: the main, heartbeat and stale-check threads each take a connection when
 they need one (plus the budget lock's own). Many workers: use the storage server instead."""
 CONNECT_TIMEOUT_S = 10
+LOCK_POLL_S = 10
+"""A worker waits this long on the budget lock's connection, then closes its idle connections
+and asks again: when the server is full, the holder may be waiting for one of them."""
 ORPHAN_AFTER_S = 120
 """A RUNNING trial without any heartbeat this long after its start beyond the grace period is
 stale too (its worker died between ``ask`` and its first heartbeat, or its ``ask`` was retried)."""
@@ -181,6 +187,32 @@ def describe_url(url: str) -> str:
     return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
+_IDLE_RELEASERS: list[Callable[[], None]] = []
+
+
+def release_idle_connections() -> None:
+    """Close the connections this process holds but is not using (pooled, an unheld budget lock).
+
+    A worker waiting for a connection must not sit on idle ones: with every connection of the
+    server held by workers that each wait for one more, none would ever go on.
+    """
+    for release in list(_IDLE_RELEASERS):
+        release()
+
+
+def _register_idle(obj: Any, method: str) -> None:
+    ref = weakref.WeakMethod(getattr(obj, method))
+
+    def release() -> None:
+        bound = ref()
+        if bound is None:
+            _IDLE_RELEASERS.remove(release)
+        else:
+            bound()
+
+    _IDLE_RELEASERS.append(release)
+
+
 def storage_waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter:
     """The :class:`~evo_fpn.storage_retry.Waiter` for ``url``: its name, fix and password scrubber."""
     fix = (
@@ -188,7 +220,13 @@ def storage_waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter
         if is_grpc(url)
         else "check that the server is up and has free connections (max_connections), or use a storage server"
     )
-    return Waiter(describe_url(url), log=log, fix=fix, scrub=lambda text: _scrub(text, url))
+    return Waiter(
+        describe_url(url),
+        log=log,
+        fix=fix,
+        scrub=lambda text: _scrub(text, url),
+        on_wait=None if is_grpc(url) else release_idle_connections,
+    )
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -314,7 +352,7 @@ def open_storage(
             heartbeat_stale_trial_callback=callback,
         )
         w = storage_waiter(url, log)
-        return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)
+        return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)  # no on_wait
     rdb = open_rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, callback=callback,
                    engine_overrides=engine_overrides, log=log)  # fmt: skip
     w = storage_waiter(url, log)
@@ -327,6 +365,7 @@ def open_storage(
         log=log,
         fix=w.fix,
         scrub=w.scrub,
+        on_wait=w.on_wait,
     )
 
 
@@ -367,6 +406,8 @@ def open_rdb(
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
     except optuna.exceptions.StorageInternalError as exc:
         raise StorageError(explain_pg_error(str(getattr(exc.__cause__, "orig", None) or exc), parsed)) from None
+    if path is None:
+        _register_idle(storage.engine, "dispose")
     if path is not None:
         # Every suggest is a commit: WAL + synchronous=NORMAL makes them cheap (safe against a
         # crashed process, not a crashed OS) and lets optuna-dashboard read while we write.
@@ -484,17 +525,35 @@ class BudgetLock:
             self._engine = sqlalchemy.create_engine(
                 parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
             )
+            _register_idle(self, "close_if_idle")
 
-    def _advisory_lock(self) -> None:
+    def close_if_idle(self) -> None:
+        """Close the lock's connection unless the lock is held or being taken (another thread's call)."""
+        if self._thread_lock.acquire(blocking=False):
+            try:
+                if not self._held:
+                    self._drop_conn()
+            finally:
+                self._thread_lock.release()
+
+    def _advisory_lock(self) -> bool:
+        """Wait up to :data:`LOCK_POLL_S` for the advisory lock; ``False`` when that ran out."""
         assert self._engine is not None
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = None
             self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._conn.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_POLL_S}s'"))
         try:
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        except sqlalchemy.exc.OperationalError as exc:
+            self._drop_conn()
+            if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_timeout: let go of everything, then retry
+                return False
+            raise
         except sqlalchemy.exc.SQLAlchemyError:
             self._drop_conn()
             raise
+        return True
 
     def _drop_conn(self) -> None:
         if self._conn is not None:
@@ -510,7 +569,11 @@ class BudgetLock:
             if self._lease is not None:
                 self._lease.acquire()
             elif self._engine is not None:
-                call_with_retry(self._advisory_lock, storage_waiter(self._url, self._log))
+                waiter = storage_waiter(self._url, self._log)
+                while not call_with_retry(self._advisory_lock, waiter):
+                    # A worker blocked on the lock must not sit on connections the holder may need.
+                    release_idle_connections()
+                    time.sleep(random.uniform(0.0, 0.5))
         except BaseException:
             self._thread_lock.release()
             raise

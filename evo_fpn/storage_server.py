@@ -44,8 +44,10 @@ from evo_fpn.storage_retry import RetryingStorage, Waiter, call_with_retry, desc
 
 DEFAULT_PORT = 13000
 DEFAULT_POOL = 8
-LOCK_WAIT_S = 1.0
+LOCK_WAIT_S = 5.0
 """Longest a Lock call waits in the server before answering "not yet" (the worker asks again)."""
+FREE_THREADS = 16
+"""Server threads never taken by waiting Lock calls, so that storage calls (the holder's) go on."""
 
 
 # -- server --------------------------------------------------------------------------------
@@ -58,7 +60,7 @@ class _Lease:
 class Leases:
     """Budget-lock leases by study name, backed by PostgreSQL advisory locks when there is one."""
 
-    def __init__(self, url: str, *, log: Callable[[str], None]) -> None:
+    def __init__(self, url: str, *, log: Callable[[str], None], max_waiting: int = 4) -> None:
         import sqlalchemy
 
         self._log = log
@@ -75,7 +77,7 @@ class Leases:
             )
         # Waiting Lock calls occupy server threads: at most this many wait at once, the others
         # are answered "not yet" at once and ask again.
-        self.waiting = threading.BoundedSemaphore(4)
+        self.waiting = threading.BoundedSemaphore(max(1, max_waiting))
 
     def _pg(self, sql: str, name: str) -> bool:
         import sqlalchemy
@@ -141,7 +143,7 @@ class Leases:
                 except Exception as exc:  # the connection died, and the lock with it
                     if not is_transient(exc):
                         raise
-            self._cond.notify_all()
+            self._cond.notify()  # one waiter takes it; waking them all would cost a burst of CPU
 
     def close(self) -> None:
         if self._conn is not None:
@@ -251,9 +253,11 @@ def serve(
     rdb = st.open_rdb(url, engine_overrides={"pool_size": pool_size, "max_overflow": 0, "pool_timeout": 3600}, log=log)
     w = st.storage_waiter(url, log)
     backend = RetryingStorage(optuna.storages._CachedStorage(rdb), what=w.what, log=log, fix=w.fix, scrub=w.scrub)
-    leases = Leases(url, log=log)
+    # Waiting Lock calls sleep on a condition (no CPU): let most threads wait, so that workers
+    # seldom poll, and keep FREE_THREADS for storage calls.
+    n_threads = threads or max(256, 4 * pool_size + FREE_THREADS)
+    leases = Leases(url, log=log, max_waiting=n_threads - FREE_THREADS)
     handlers = _Handlers(url, rdb, leases, lambda: st.storage_waiter(url, log))
-    n_threads = threads or max(32, 4 * pool_size)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="storage-server"),
         options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
@@ -289,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pool-size", type=int, default=DEFAULT_POOL, help=f"database connections (default {DEFAULT_POOL}) + 1"
     )
-    p.add_argument("--threads", type=int, help="server threads (default: max(32, 4 x pool size))")
+    p.add_argument("--threads", type=int, help="server threads (default: max(256, 4 x pool size + 16))")
     return p
 
 
