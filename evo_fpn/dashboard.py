@@ -100,18 +100,34 @@ def _summary_rows(studies: Sequence[StudyData]) -> str:
     return f'<table class="summary">{head}{"".join(rows)}</table>'
 
 
+def _objectives_note(data: StudyData) -> str:
+    """What the study optimises and its budgets, one line (empty for a plain AP study)."""
+    if len(data.value_names) == 1 and not data.budgets:
+        return ""
+    goals = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(data.value_names, data.directions, strict=True))
+    caps = ", ".join(f"{b} = {v:.4g}" for b, v in data.budgets.items())
+    over = len(data.over_budget())
+    text = f"Objectives: {goals}." + (f" Budgets: {caps}; {over} trials were over them, never trained." if caps else "")
+    return f"<p class='objectives'>{html.escape(text)}</p>"
+
+
 def study_page(data: StudyData) -> str:
     """The HTML page of one study."""
+    cost = figures.record.LABELS.get(data.cost_name, data.cost_name)
     parts = [
         _summary_rows([data]),
+        _objectives_note(data),
         "<p class='note'>Pruned trials carry an early AP (their last intermediate value): they are left out "
-        "of best-so-far curves and of the Pareto front, and shown as grey crosses in AP vs FLOPs.</p>",
+        "of best-so-far curves and of the Pareto front, and shown as grey crosses in AP vs cost. Trials over a "
+        "budget were never trained: they have a cost but no AP, and are marked along the bottom edge.</p>",
         "<h2>Best so far</h2><div class='grid'>",
         _figure_div(figures.best_so_far_figure([data], x="trial"), "best-vs-trials", ""),
         _figure_div(figures.best_so_far_figure([data], x="time"), "best-vs-time", ""),
         "</div><h2>Cost and accuracy</h2><div class='grid'>",
-        _figure_div(figures.ap_vs_flops_figure(data), "ap-vs-flops", "No trial recorded neck_flops."),
-        "</div><h2>Convergence</h2><div class='grid'>",
+        _figure_div(figures.ap_vs_flops_figure(data), "ap-vs-flops", f"No trial recorded {data.cost_name}."),
+        f"</div><h2>Pareto front architectures (AP vs {html.escape(cost)}, cheapest first)</h2>",
+        figures.pareto_architectures_html(data),
+        "<h2>Convergence</h2><div class='grid'>",
         _figure_div(figures.unique_architectures_figure([data]), "unique-archs", ""),
         _figure_div(figures.decision_frequency_figure(data), "decision-freq", "No trial has params."),
         "</div><h2>Best architectures</h2>",

@@ -9,7 +9,10 @@ so a page with many figures reads the storage once. Conventions shared by all fi
   highest for a maximised study, lowest for a minimised one (:mod:`evo_fpn.analysis`).
 * **Pruned trials are not in best-so-far curves nor in the Pareto front**: their value is an
   early AP (the last reported intermediate value), not comparable with a final AP. The AP vs
-  FLOPs figure shows them as grey crosses labelled "pruned (early AP)".
+  cost figure shows them as grey crosses labelled "pruned (early AP)".
+* **Cost** is the study's second objective (``objectives = ["ap", COST]``), else neck FLOPs.
+  Trials over a budget were never trained and have no AP: the AP vs cost figure marks them
+  along its bottom edge ("over budget"), with the budget as a dashed line.
 * **Trial axis** is the trial number (creation order, all states); **time axis** is hours
   since the study's first trial started, at each trial's completion.
 * **Sampler groups** come from the study user attrs the runner records (``sampler``, or a
@@ -37,6 +40,7 @@ from optuna.trial import TrialState
 from evo_fpn import record
 from evo_fpn.analysis import best_so_far, pareto_front, rank_key
 from evo_fpn.draw import spec_to_svg
+from evo_fpn.limits import BUDGET_METRICS
 from evo_fpn.space import NasFpnSpace, SpaceConfig
 from evo_fpn.spec import ArchSpec, SpecError
 
@@ -72,6 +76,7 @@ class StudyData:
     seed: int | None = None
     user_attrs: Mapping[str, Any] = field(default_factory=dict)
     directions: tuple[StudyDirection, ...] = (StudyDirection.MAXIMIZE,)
+    value_names: tuple[str, ...] = ("ap",)
     _space: NasFpnSpace | None = field(default=None, repr=False)
 
     @classmethod
@@ -101,6 +106,9 @@ class StudyData:
                 space = NasFpnSpace(SpaceConfig.from_dict(space_cfg))
             except (TypeError, ValueError):
                 space = None
+        names = study.metric_names or _find(attrs, "objectives") or ["ap"]
+        if len(names) != len(study.directions):
+            names = ["ap", *(f"value{i}" for i in range(1, len(study.directions)))]
         return cls(
             name=study.study_name,
             trials=rows,
@@ -108,6 +116,7 @@ class StudyData:
             seed=_as_int(_find(attrs, "seed")),
             user_attrs=attrs,
             directions=tuple(study.directions),
+            value_names=tuple(str(n) for n in names),
             _space=space,
         )
 
@@ -116,6 +125,29 @@ class StudyData:
     def direction(self) -> StudyDirection:
         """The direction of the AP objective (the study's first)."""
         return self.directions[0]
+
+    @property
+    def cost_name(self) -> str:
+        """The cost that AP is drawn against: the second objective, else neck FLOPs."""
+        return self.value_names[1] if len(self.value_names) > 1 else "neck_flops"
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The study's budgets (``max_neck_flops`` ...) as recorded with it."""
+        value = _find(self.user_attrs, "budgets")
+        return {str(k): float(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+    def over_budget(self) -> list[TrialRow]:
+        """Trials refused before training because they were over a budget."""
+        return [t for t in self.trials if record.INFEASIBLE in t.user_attrs]
+
+    def pareto(self) -> list[TrialRow]:
+        """COMPLETE trials no other beats on AP and the cost, by increasing cost (one per point)."""
+        done = [(t, _metric(t, self.cost_name)) for t in self.complete]
+        done = [(t, c) for t, c in done if c is not None]
+        cost_dir = StudyDirection.MINIMIZE
+        on_front = pareto_front([(c, float(t.ap)) for t, c in done], (cost_dir, self.direction))  # type: ignore[arg-type]
+        return sorted((done[i][0] for i in on_front), key=lambda t: (_metric(t, self.cost_name), t.number))
 
     @property
     def finished(self) -> list[TrialRow]:
@@ -338,62 +370,94 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 # AP vs FLOPs
 # ---------------------------------------------------------------------------------------
 def _flops(t: TrialRow) -> float | None:
-    v = t.user_attrs.get("neck_flops")
+    return _metric(t, "neck_flops")
+
+
+def _metric(t: TrialRow, name: str) -> float | None:
+    v = t.user_attrs.get(name)
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def ap_vs_flops_figure(data: StudyData) -> go.Figure | None:
-    """AP against neck GFLOPs per image, Pareto front (fewer FLOPs, better AP) marked; ``None``
-    without FLOPs attrs."""
-    done = [(t, _flops(t)) for t in data.complete]
-    done = [(t, f) for t, f in done if f is not None]
-    pruned = [(t, _flops(t)) for t in data.trials if t.state == TrialState.PRUNED and t.ap is not None]
-    pruned = [(t, f) for t, f in pruned if f is not None]
-    if not done and not pruned:
+    """AP against the study's cost (:attr:`StudyData.cost_name`: its second objective, else neck
+    FLOPs), Pareto front marked; ``None`` when no trial recorded that cost."""
+    return ap_vs_cost_figure(data, data.cost_name)
+
+
+def ap_vs_cost_figure(data: StudyData, cost: str) -> go.Figure | None:
+    """AP against ``cost`` per trial: COMPLETE trials, the Pareto front (less cost, better AP),
+    pruned trials (early AP) and trials over a budget (never trained: no AP, marked along the
+    bottom edge at their cost), with the budget on ``cost`` as a dashed line."""
+    unit = lambda v: record.display_value(cost, v)  # noqa: E731
+    label = record.LABELS.get(cost, cost)
+    done = [(t, _metric(t, cost)) for t in data.complete]
+    done = [(t, c) for t, c in done if c is not None]
+    pruned = [(t, _metric(t, cost)) for t in data.trials if t.state == TrialState.PRUNED and t.ap is not None]
+    pruned = [(t, c) for t, c in pruned if c is not None and record.INFEASIBLE not in t.user_attrs]
+    over = [(t, _metric(t, cost)) for t in data.over_budget()]
+    over = [(t, c) for t, c in over if c is not None]
+    if not done and not pruned and not over:
         return None
     fig = go.Figure()
     if pruned:
         fig.add_trace(
             go.Scatter(
-                x=[f / 1e9 for _, f in pruned],
+                x=[unit(c) for _, c in pruned],
                 y=[t.ap for t, _ in pruned],
                 mode="markers",
                 marker=dict(symbol="x", color="#BBBBBB", size=7),
                 name="pruned (early AP)",
                 text=[f"trial {t.number}" for t, _ in pruned],
-                hovertemplate="%{text}<br>%{x:.3f} GFLOPs<br>early AP %{y:.4f}<extra></extra>",
+                hovertemplate=f"%{{text}}<br>%{{x:.4g}} {label}<br>early AP %{{y:.4f}}<extra></extra>",
             )
         )
     if done:
         fig.add_trace(
             go.Scatter(
-                x=[f / 1e9 for _, f in done],
+                x=[unit(c) for _, c in done],
                 y=[t.ap for t, _ in done],
                 mode="markers",
                 marker=dict(color="#4477AA", size=8, opacity=0.75),
                 name="complete",
                 text=[f"trial {t.number}<br>{data.spec_hash(t) or ''}" for t, _ in done],
-                hovertemplate="%{text}<br>%{x:.3f} GFLOPs<br>AP %{y:.4f}<extra></extra>",
+                hovertemplate=f"%{{text}}<br>%{{x:.4g}} {label}<br>AP %{{y:.4f}}<extra></extra>",
             )
         )
-        points = [(f, float(t.ap)) for t, f in done]  # type: ignore[arg-type]  # complete: ap is a number
+        points = [(c, float(t.ap)) for t, c in done]  # type: ignore[arg-type]  # complete: ap is a number
         on_front = pareto_front(points, (StudyDirection.MINIMIZE, data.direction))
-        front = sorted((*points[i], done[i][0].number) for i in on_front)  # by FLOPs, for the step line
+        front = sorted((*points[i], done[i][0].number) for i in on_front)  # by cost, for the step line
         fig.add_trace(
             go.Scatter(
-                x=[p[0] / 1e9 for p in front],
+                x=[unit(p[0]) for p in front],
                 y=[p[1] for p in front],
                 mode="lines+markers",
                 line=dict(shape="hv", color="#EE6677", width=2),
                 marker=dict(size=11, color="#EE6677", line=dict(color="black", width=1)),
                 name=f"Pareto front ({len(front)})",
                 text=[f"trial {p[2]}" for p in front],
-                hovertemplate="%{text}<br>%{x:.3f} GFLOPs<br>AP %{y:.4f}<extra></extra>",
+                hovertemplate=f"%{{text}}<br>%{{x:.4g}} {label}<br>AP %{{y:.4f}}<extra></extra>",
             )
         )
+    if over:
+        aps = [t.ap for t, _ in (*done, *pruned) if t.ap is not None]
+        floor = (min(aps) - 0.05 * (max(aps) - min(aps) or 0.1)) if aps else 0.0
+        fig.add_trace(
+            go.Scatter(
+                x=[unit(c) for _, c in over],
+                y=[floor] * len(over),
+                mode="markers",
+                marker=dict(symbol="line-ns-open", color="#AA3377", size=14, line=dict(width=2)),
+                name=f"over budget, never trained ({len(over)})",
+                text=[f"trial {t.number}: {t.user_attrs[record.INFEASIBLE]}" for t, _ in over],
+                hovertemplate=f"%{{text}}<br>%{{x:.4g}} {label}<br>no AP: not trained<extra></extra>",
+            )
+        )
+    budget = next((v for b, v in data.budgets.items() if BUDGET_METRICS.get(b) == cost), None)
+    if budget is not None:
+        fig.add_vline(x=unit(budget), line=dict(color="#AA3377", dash="dash"), annotation_text="budget")
     fig.update_layout(
-        title="AP vs neck FLOPs, Pareto front marked",
-        xaxis_title="neck GFLOPs per image (proxy image size)",
+        title=f"AP vs {label}, Pareto front marked",
+        xaxis_title=f"{label} per image (proxy image size)" if "flops" in cost else label,
         yaxis_title="AP",
         **_LAYOUT,
     )
@@ -565,6 +629,29 @@ def best_architectures_html(data: StudyData, *, k: int = 4) -> str:
             "</figcaption></figure>"
         )
     return '<div class="arch-row">' + "".join(cards) + "</div>"
+
+
+def pareto_architectures_html(data: StudyData, *, k: int = 6) -> str:
+    """The architectures on the Pareto front of AP against the study's cost, cheapest first
+    (at most ``k``, spread over the front), each captioned with its AP and cost."""
+    front = data.pareto()
+    if not front:
+        return '<p class="empty">No complete trial with costs yet.</p>'
+    if len(front) > k:
+        front = [front[round(i * (len(front) - 1) / (k - 1))] for i in range(k)]
+    label = record.LABELS.get(data.cost_name, data.cost_name)
+    cards = []
+    for t in front:
+        spec = data.spec(t)
+        cost = record.display_value(data.cost_name, _metric(t, data.cost_name) or 0.0)
+        caption = f"trial {t.number} · AP {t.ap:.4f} · {cost:.4g} {label}"
+        pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
+        cards.append(
+            f'<figure class="arch-card" data-trial="{t.number}">{pic}'
+            f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
+            "</figcaption></figure>"
+        )
+    return '<div class="arch-row pareto">' + "".join(cards) + "</div>"
 
 
 def lineage(data: StudyData, number: int | None = None) -> list[TrialRow]:

@@ -59,12 +59,12 @@ LABELS: dict[str, str] = {
     "total_params": "total M params", "latency_ms": "latency (ms)",
 }  # fmt: skip
 """Axis labels of the objectives, in the units of :func:`display_value`."""
-_SCALE = {"neck_flops": 1e-9, "total_flops": 1e-9, "neck_params": 1e-6, "total_params": 1e-6}
+_UNIT = {"neck_flops": 1e9, "total_flops": 1e9, "neck_params": 1e6, "total_params": 1e6}
 
 
 def display_value(name: str, value: float) -> float:
     """``value`` of objective ``name`` in the unit of its label (GFLOPs, M params, ms, AP)."""
-    return float(value) * _SCALE.get(name, 1.0)
+    return float(value) / _UNIT.get(name, 1.0)
 
 
 def user_attrs(metrics: Mapping[str, Any]) -> dict[str, Any]:

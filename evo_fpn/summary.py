@@ -2,7 +2,9 @@
 
 The progress bar counts the whole study's finished trials (all workers), with its best AP;
 the summary names the best trial, its AP breakdown and architecture, and the exact command
-that opens the study in optuna-dashboard. "Best" follows the study's direction.
+that opens the study in optuna-dashboard. "Best" follows the study's direction. A study of
+several objectives also lists its Pareto front (``study.best_trials``: feasible trials only),
+and a study with budgets says how many architectures were over them (never trained).
 """
 
 from __future__ import annotations
@@ -69,12 +71,26 @@ def summary(
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     finished = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
     cached = sum(record.CACHED_FROM in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)
+    over = sum(record.INFEASIBLE in t.user_attrs for t in trials if t.state == TrialState.PRUNED)
     lines = [
         f"study {study.study_name}: {finished} of {n_trials} trials finished "
         f"({by_state[TrialState.COMPLETE]} complete, {cached} of them re-used duplicates, "
-        f"{by_state[TrialState.PRUNED]} pruned, {by_state[TrialState.FAIL]} failed) in {_fmt_s(elapsed)}",
+        f"{by_state[TrialState.PRUNED]} pruned"
+        + (f" ({over} over budget, never trained)" if over else "")
+        + f", {by_state[TrialState.FAIL]} failed) in {_fmt_s(elapsed)}",
         f"storage: {st.mask_url(url)}   sampler: {sampler}   fingerprint: {fingerprint}",
     ]
+    names = study.metric_names or [f"value{i}" for i in range(len(study.directions))]
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: [float(v) for v in t.values[1:]])
+        lines.append("")
+        lines.append(f"Pareto front of {' vs '.join(names)} ({len(front)} trials, feasible only):")
+        for t in front:
+            cols = [
+                f"{record.LABELS.get(n, n)} {record.display_value(n, v):.4g}"
+                for n, v in zip(names, t.values, strict=True)
+            ]
+            lines.append(f"  #{t.number:<4d} " + "   ".join(cols))
     best = best_trial(trials, study.directions[0])
     if best is not None:
         lines.append("")

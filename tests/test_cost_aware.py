@@ -39,7 +39,10 @@ EVOLUTION = "[sampler.evolution]\npopulation_size = 6\nsample_size = 3\n"
 
 
 def mo_study(tmp_path: Path, name: str, n_trials: int, top: str = "", sampler: str = "evolution") -> Path:
-    path = write_study(tmp_path, name, n_trials=n_trials, sampler=sampler, extra=f"seed = 2\n{top}")
+    # a long grace period: a busy machine must not fail a trial while its first cost count imports torch
+    path = write_study(
+        tmp_path, name, n_trials=n_trials, sampler=sampler, extra=f"seed = 2\n{top}", grace_period=60
+    )
     if sampler == "evolution":
         path.write_text(path.read_text() + EVOLUTION)
     return path
@@ -199,3 +202,92 @@ def test_rl_runs_a_two_objective_study_with_its_reward(tmp_path: Path) -> None:
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 12
     versions = [t.system_attrs["rl:sample"]["version"] for t in study.trials if "rl:sample" in t.system_attrs]
     assert max(versions) >= 2  # the policy was updated on the rewards of finished trials
+
+
+def test_summary_lists_the_pareto_front_and_the_trials_over_budget() -> None:
+    import optuna
+    from optuna.trial import create_trial
+
+    from evo_fpn.summary import summary
+
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
+    study.set_metric_names(["ap", "neck_flops"])
+    for ap, flops in ((0.2, 1e9), (0.3, 2e9), (0.25, 3e9)):  # the third is dominated by the second
+        study.add_trial(create_trial(values=[ap, flops], user_attrs={"ap": ap, "neck_flops": int(flops)}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={record.INFEASIBLE: "neck_flops 5e9 > x"}))
+    text = summary(study, n_trials=4, url="sqlite:///x.db", sampler="evolution", fingerprint="f" * 16,
+                   artifact_dir=None, elapsed=3)  # fmt: skip
+    assert "1 pruned (1 over budget, never trained)" in text
+    assert "Pareto front of ap vs neck_flops (2 trials, feasible only):" in text
+    assert "#0    AP 0.2   neck GFLOPs 1" in text and "#1    AP 0.3   neck GFLOPs 2" in text and "#2 " not in text
+
+
+# -- compare and the pages ------------------------------------------------------------------
+def test_compare_uses_hypervolume_and_refuses_other_objectives(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from evo_fpn.compare import hypervolume_curve
+    from evo_fpn.compare import main as compare
+
+    mo_study(tmp_path, "mo", 6, 'objectives = ["ap", "neck_flops"]', sampler="random")
+    for name, seed in (("a", "0"), ("b", "1")):
+        assert cli("--study", "mo.toml", "--new-study", name, "--seed", seed) == 0
+    assert cli("--study", "mo.toml", "--new-study", "plain", "--objectives", "ap") == 0
+    capsys.readouterr()
+    assert compare(["a", "b"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:5] == ["study", "sampler", "trials", "failed", "hypervolume"]
+    studies = {n: load(url_of(tmp_path, n), n) for n in ("a", "b")}
+    cost = 1.1 * max(t.values[1] for s in studies.values() for t in s.trials)
+    assert f"reference point (ap 0, neck_flops {cost:.4g})" in out[-2]
+    for name, study in studies.items():
+        row = next(line.split() for line in out[2:4] if line.startswith(name))
+        # by hand: the area the front dominates up to (AP 0, cost), front sorted by cost
+        front = sorted((t.values[1], t.values[0]) for t in study.best_trials)
+        area, best = 0.0, 0.0
+        for c, ap in front:
+            if ap > best:
+                area += (cost - c) * (ap - best)
+                best = ap
+        assert float(row[4]) == pytest.approx(area, rel=1e-3)
+        assert hypervolume_curve(study, [0.0, cost])[-1] == pytest.approx(area)
+    assert compare(["a", "plain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "optimised different objectives" in err and "a=ap,neck_flops" in err and "\n" not in err
+
+
+def test_study_page_shows_the_front_the_budget_and_the_untrained(tmp_path: Path) -> None:
+    from evo_fpn import figures
+    from evo_fpn.dashboard import study_page
+    from evo_fpn.figures import StudyData
+
+    mo_study(tmp_path, "cap", 10, 'objectives = ["ap", "neck_flops"]\nmax_neck_flops = 35e6', sampler="random")
+    assert cli("--study", "cap.toml") == 0
+    study = load(url_of(tmp_path, "cap"), "cap")
+    data = StudyData.from_study(study)
+    assert data.cost_name == "neck_flops" and data.budgets == {"max_neck_flops": 35e6}
+    fig = figures.ap_vs_flops_figure(data)
+    traces = {t.name.split(" (")[0]: t for t in fig.data}
+    over = [t for t in study.trials if record.INFEASIBLE in t.user_attrs]
+    assert over and len(traces["over budget, never trained"].x) == len(over)
+    assert max(traces["complete"].x) <= 35e6 * 1e-9 < min(traces["over budget, never trained"].x)
+    assert {f"trial {t.number}" for t in study.best_trials} == set(traces["Pareto front"].text)
+    assert any(s.x0 == pytest.approx(0.035) for s in fig.layout.shapes)  # the budget line, in GFLOPs
+    page = study_page(data)
+    assert "Pareto front architectures" in page and "over them, never trained" in page
+    drawn = page.split('class="arch-row pareto"')[1].split("</div>")[0]
+    assert drawn.count("<img") == min(6, len(study.best_trials))
+
+
+def test_optuna_dashboard_serves_the_study_as_multi_objective(tmp_path: Path) -> None:
+    from study_factory import dashboard_server, get_json
+
+    mo_study(tmp_path, "mo", 4, 'objectives = ["ap", "neck_flops"]', sampler="random")
+    assert cli("--study", "mo.toml") == 0
+    study = load(url_of(tmp_path, "mo"), "mo")
+    with dashboard_server(url_of(tmp_path, "mo"), tmp_path / "studies" / "artifacts") as base:
+        (summary,) = get_json(base + "/api/studies")["study_summaries"]
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+    assert detail["directions"] == ["maximize", "minimize"]
+    assert detail["objective_names"] == ["ap", "neck_flops"]  # its Pareto-front plot's axes
+    assert {t["number"] for t in detail["best_trials"]} == {t.number for t in study.best_trials}
+    figures = {g["id"] for g in detail["plotly_graph_objects"]}
+    assert "ap-vs-flops" in figures  # our AP vs cost figure next to its own plots
