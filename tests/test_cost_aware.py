@@ -291,3 +291,73 @@ def test_optuna_dashboard_serves_the_study_as_multi_objective(tmp_path: Path) ->
     assert {t["number"] for t in detail["best_trials"]} == {t.number for t in study.best_trials}
     figures = {g["id"] for g in detail["plotly_graph_objects"]}
     assert "ap-vs-flops" in figures  # our AP vs cost figure next to its own plots
+
+
+# -- the Lite space and latency -------------------------------------------------------------
+def _lite_spec():  # noqa: ANN202
+    import random
+
+    from evo_fpn.space import NasFpnSpace, SpaceConfig
+
+    return NasFpnSpace(SpaceConfig(num_cells=6, num_intermediate=2, max_level=6)).sample(random.Random(3))
+
+
+def test_separable_cells_cost_what_their_convs_hold() -> None:
+    import torch
+    from torch import nn
+
+    from evo_fpn.cost import count_params, neck_cost
+    from evo_fpn.neck import build_neck
+
+    spec, c = _lite_spec(), 64
+    dense = neck_cost(spec, (40, 112, 960), c, 1, 128)
+    sep = neck_cost(spec, (40, 112, 960), c, 1, 128, conv="separable3x3")
+    per_cell = (9 * c * c) - (9 * c + c * c)  # a dense 3x3 against depthwise 3x3 + pointwise 1x1
+    assert dense["neck_params"] - sep["neck_params"] == len(spec.cells) * per_cell
+    assert sep["neck_flops"] < dense["neck_flops"] / 3  # the 1x1 input projections are the same in both
+    neck = build_neck(spec, (40, 112, 960), c, 1, conv="separable3x3")
+    assert count_params(neck) == sep["neck_params"]
+    depthwise = [m for m in neck.modules() if isinstance(m, nn.Conv2d) and m.groups == c]
+    assert len(depthwise) == len(spec.cells) and all(m.kernel_size == (3, 3) for m in depthwise)
+    out = neck([torch.randn(1, 40, 16, 16), torch.randn(1, 112, 8, 8), torch.randn(1, 960, 4, 4)])
+    assert list(out) == ["p3", "p4", "p5", "p6"] and out["p6"].shape == (1, c, 2, 2)
+
+
+def test_a_p3_p6_mobilenet_detector_trains_and_detects_offline() -> None:
+    import torch
+
+    from evo_fpn.cost import count_params, detector_costs
+    from evo_fpn.proxy_config import PRESETS
+
+    cfg = PRESETS["lite"].replace(image_size=64)
+    assert (cfg.backbone, cfg.cell_conv) == ("mobilenet_v3_large", "separable3x3")
+    torch.manual_seed(0)
+    model = cfg.build_detector(_lite_spec(), num_classes=3, with_backbone=True)  # weights=None: no download
+    assert model.levels == (3, 4, 5, 6) and model.retina.anchor_generator.sizes[-1][0] == cfg.anchor_sizes[3]
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2
+    model.train()
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    assert set(losses) == {"classification", "bbox_regression"} and all(v.isfinite() for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        (det, _) = model(images)
+    assert set(det) == {"boxes", "scores", "labels"}
+    costs = detector_costs(cfg, _lite_spec(), num_classes=3)
+    assert costs["total_params"] == count_params(model) and costs["neck_params"] == count_params(model.neck)
+
+
+def test_latency_is_the_median_of_timed_runs_with_the_device_named() -> None:
+    import torch
+
+    from evo_fpn.latency import measure
+    from evo_fpn.proxy_config import PRESETS
+
+    cfg = PRESETS["lite"].replace(image_size=64)
+    model = cfg.build_detector(_lite_spec(), num_classes=3, with_backbone=True)
+    got = measure(model, 64, device=torch.device("cpu"), warmup=1, runs=3)
+    assert got["latency_ms"] > 0 and got["latency_std_ms"] >= 0 and model.training  # mode restored
+    assert got["latency_device"].startswith("cpu: ") and f"({torch.get_num_threads()} threads)" in got["latency_device"]
+    with pytest.raises(ValueError, match="runs >= 1"):
+        measure(model, 64, device=torch.device("cpu"), runs=0)
