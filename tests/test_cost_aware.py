@@ -57,6 +57,18 @@ def test_one_objective_keeps_the_plain_studys_record_and_fingerprint_parts() -> 
     assert not {"objectives", "budgets", "latency"} & set(plain.to_dict())
 
 
+def test_the_quick_studys_fingerprint_is_the_one_it_had_before_objectives_existed() -> None:
+    from evo_fpn import objectives
+    from evo_fpn.config import fingerprint
+
+    def fp(**overrides: object) -> str:
+        cfg = load_config("quick", **overrides)
+        return fingerprint({**objectives.build(cfg, progress=False).fingerprint, "space": cfg.space.to_dict()})
+
+    assert fp() == fp(objectives="ap") == "37d7dc567c71a8a6"  # as recorded in the README's quick start
+    assert len({fp(), fp(objectives="ap,neck_flops"), fp(objectives="ap,neck_flops", max_neck_flops=2e7)}) == 3
+
+
 def test_objectives_from_file_and_flag_and_their_directions() -> None:
     cfg = config_from_mapping("s", {"objectives": ["ap", "neck_flops"], "max_neck_flops": 2e8})
     assert cfg.value_names == ("ap", "neck_flops")
