@@ -58,13 +58,32 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # deep supervision (a head on every repeat's pyramid)
     "anytime": {"repeats": 3, "anytime": True},
     # budget: the gap against training length (the default is 16 epochs)
+    "epochs4": {"epochs": 4.0},
     "epochs8": {"epochs": 8.0},
+    "epochs16": {"epochs": 16.0},
     "epochs32": {"epochs": 32.0},
 }
 """Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
 for it those settings equal ``default`` and are not run twice). Records are matched to a
 setting by the network and recipe they trained (:func:`record_key`), not by the setting's name,
 so a change of the shipped defaults keeps every record in its right row."""
+
+LABELS: dict[str, str] = {
+    "default": "shipped default (BatchNorm, 1 repeat; proxy 16 epochs, end to end 8)",
+    "repeats2": "2 repeats",
+    "repeats3": "3 repeats (the default until the depth finding)",
+    "bn_recal": "3 repeats, BN statistics re-estimated (50 train batches)",
+    "group": "3 repeats, GroupNorm in the cells",
+    "none": "3 repeats, no norm in the cells",
+    "fpn_batch": "BatchNorm in torchvision's FPN",
+    "no_norm_decay": "3 repeats, no weight decay on norms and biases",
+    "anytime": "3 repeats, anytime (a head on every repeat)",
+    "epochs4": "4 epochs",
+    "epochs8": "8 epochs",
+    "epochs16": "16 epochs",
+    "epochs32": "32 epochs",
+}
+ARCH_LABELS = {"torchvision_fpn": "torchvision FPN", "published": "published NAS-FPN", "fpn": "FPN-like"}
 
 LEGACY_BASE: dict[str, Any] = {"repeats": 3}
 """Records written before the default became 1 repeat carry no ``config``: they ran on the
@@ -209,6 +228,20 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def print_markdown(rows: list[dict[str, Any]]) -> None:
+    """The table as the README shows it."""
+    print("| mode | setting | architecture | AP mean | std | seeds (APs) | neck MFLOPs | neck params |")
+    print("|---|---|---|--:|--:|---|--:|--:|")
+    for r in rows:
+        mode = "proxy" if r["mode"] == "proxy" else "end to end"
+        std = f"{r['ap_std']:.4f}" if r["ap_std"] is not None else "–"
+        aps = ", ".join(f"{a:.4f}" for a in r["ap_seeds"])
+        print(
+            f"| {mode} | `{r['setting']}`: {LABELS[r['setting']]} | {ARCH_LABELS[r['arch']]} | {r['ap_mean']:.4f} "
+            f"| {std} | {r['seeds']} ({aps}) | {r['neck_flops'] / 1e6:.1f} | {r['neck_params']:,} |"
+        )
+
+
 def _names(text: str, known: dict[str, Any], what: str, parser: argparse.ArgumentParser) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in known]
@@ -229,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", default="0/1", help="I/N: every N-th missing run from the I-th")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
     p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
+    p.add_argument("--markdown", action="store_true", help="with --report: the README's table")
     p.add_argument("--records", type=Path, default=RECORDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -257,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(load_records(args.records))
     if args.json:
         print(json.dumps(rows))
+    elif args.markdown:
+        print_markdown(rows)
     else:
         print_table(rows)
     return 0
