@@ -40,9 +40,7 @@ EVOLUTION = "[sampler.evolution]\npopulation_size = 6\nsample_size = 3\n"
 
 def mo_study(tmp_path: Path, name: str, n_trials: int, top: str = "", sampler: str = "evolution") -> Path:
     # a long grace period: a busy machine must not fail a trial while its first cost count imports torch
-    path = write_study(
-        tmp_path, name, n_trials=n_trials, sampler=sampler, extra=f"seed = 2\n{top}", grace_period=60
-    )
+    path = write_study(tmp_path, name, n_trials=n_trials, sampler=sampler, extra=f"seed = 2\n{top}", grace_period=60)
     if sampler == "evolution":
         path.write_text(path.read_text() + EVOLUTION)
     return path

@@ -19,6 +19,7 @@ from evo_fpn.samplers.constraints import ChoiceConstraints, allowed_values, deci
 
 _EPOCH = datetime.datetime.min
 
+
 # Optuna keeps these helpers private (there is no public API for them); they are imported in
 # this one place so that our samplers sort and store exactly as Optuna's own samplers do.
 def non_domination_ranks(loss: np.ndarray, penalties: Sequence[float]) -> list[int]:
