@@ -34,7 +34,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from evo_fpn import objectives
+from evo_fpn import enqueue, objectives
 from evo_fpn import storage as st
 from evo_fpn.analysis import FINISHED
 from evo_fpn.budget import count_trials, run_worker
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--enqueue-references", action="store_true", default=None,
                    help="evaluate the published NAS-FPN and the FPN-like spec first")  # fmt: skip
+    p.add_argument("--enqueue", action="append", default=[], metavar="FILE.json",
+                   help="evaluate the architectures listed in FILE.json first (specs or trials' spec attrs; "
+                        "those the study has are skipped)")  # fmt: skip
+    p.add_argument("--enqueue-top", action="append", default=[], metavar="STUDY:K",
+                   help="evaluate the K best distinct architectures of study STUDY (same storage) first")  # fmt: skip
     p.add_argument("--no-dedup", dest="dedup", action="store_false", default=None,
                    help="train duplicate architectures again instead of re-using their metrics")  # fmt: skip
     p.add_argument(
@@ -264,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.monotonic()
     p = prepare(args)
+    queued = enqueue.plan(args.enqueue, args.enqueue_top, url=p.url, space=p.space, open_storage=lambda: _storage(p))
     study, created = open_study(p, log=log)
     cfg = p.cfg
     if not args.child:
@@ -277,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = busy_cpu_hint(p, threads=cfg.threads, load=os.getloadavg()[0], cores=os.cpu_count() or 1)
         if hint:
             log(hint)
+    if queued:
+        done = enqueue.apply(study, queued, url=p.url, space=p.space)
+        if not args.child:
+            log(enqueue.describe(*done))
     finished, _, _ = count_trials(study)
     progress = Progress(
         total=cfg.n_trials, initial=finished, enabled=args.progress and not args.child, desc=f"study {cfg.name}"
@@ -336,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return _fail_children(code)
     return 0
+
+
+def _storage(p: Prepared) -> optuna.storages.BaseStorage:
+    """The run's storage, for reading another study of it (``--enqueue-top``)."""
+    r = p.cfg.runner
+    return st.open_storage(p.url, heartbeat_interval=r.heartbeat_interval, grace_period=r.grace_period,
+                           max_retry=r.max_retry)  # fmt: skip
 
 
 def _fail_children(code: int) -> int:
