@@ -138,7 +138,15 @@ def _budget_loop(
             else:
                 action = "run"
                 seen["last"] = None
-                study.optimize(objective, n_trials=1, catch=objective.failures, callbacks=[on_trial, *callbacks])
+                try:
+                    study.optimize(objective, n_trials=1, catch=objective.failures, callbacks=[on_trial, *callbacks])
+                except ValueError as exc:
+                    if not str(exc).startswith("Cannot tell a FAIL trial"):
+                        raise
+                    # Our heartbeats could not be written (the database was out of reach) for longer
+                    # than the grace period, so another worker failed this trial and queued its
+                    # retry: our result is dropped, never written twice.
+                    progress.write("this worker's trial was failed as stale while it ran (its retry is queued)")
         finally:
             lock.release()
         if action == "wait":

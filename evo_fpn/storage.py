@@ -28,11 +28,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import random
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,13 +45,18 @@ from evo_fpn.storage_retry import ENV_WAIT, RetryingStorage, StorageUnavailable,
 
 ENV_STORAGE = "EVO_FPN_STORAGE"
 DEFAULT_DIR = Path("studies")
-POOL_KWARGS: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 3600}
-"""Per direct worker: the main, heartbeat and stale-check threads each take a connection when
-they need one (plus the budget lock's own). Many workers: use the storage server instead."""
+POOL_KWARGS: dict[str, Any] = {
+    "pool_size": 2,
+    "max_overflow": 0,
+    "pool_timeout": 120,
+    "pool_pre_ping": True,
+    "pool_recycle": 3600,
+}
+"""Per direct worker a fixed set: the main, heartbeat and stale-check threads share 2 pooled
+connections (a thread waits for one instead of opening more), and the budget lock has its own.
+A fixed set is what lets workers beyond ``max_connections`` wait instead of deadlocking (see
+:func:`open_rdb`). Many workers: use the storage server instead."""
 CONNECT_TIMEOUT_S = 10
-LOCK_POLL_S = 10
-"""A worker waits this long on the budget lock's connection, then closes its idle connections
-and asks again: when the server is full, the holder may be waiting for one of them."""
 ORPHAN_AFTER_S = 120
 """A RUNNING trial without any heartbeat this long after its start beyond the grace period is
 stale too (its worker died between ``ask`` and its first heartbeat, or its ``ask`` was retried)."""
@@ -187,32 +190,6 @@ def describe_url(url: str) -> str:
     return f"PostgreSQL at {parsed.host or 'localhost'}:{parsed.port or 5432}"
 
 
-_IDLE_RELEASERS: list[Callable[[], None]] = []
-
-
-def release_idle_connections() -> None:
-    """Close the connections this process holds but is not using (pooled, an unheld budget lock).
-
-    A worker waiting for a connection must not sit on idle ones: with every connection of the
-    server held by workers that each wait for one more, none would ever go on.
-    """
-    for release in list(_IDLE_RELEASERS):
-        release()
-
-
-def _register_idle(obj: Any, method: str) -> None:
-    ref = weakref.WeakMethod(getattr(obj, method))
-
-    def release() -> None:
-        bound = ref()
-        if bound is None:
-            _IDLE_RELEASERS.remove(release)
-        else:
-            bound()
-
-    _IDLE_RELEASERS.append(release)
-
-
 def storage_waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter:
     """The :class:`~evo_fpn.storage_retry.Waiter` for ``url``: its name, fix and password scrubber."""
     fix = (
@@ -225,7 +202,6 @@ def storage_waiter(url: str, log: Callable[[str], None] | None = None) -> Waiter
         log=log,
         fix=fix,
         scrub=lambda text: _scrub(text, url),
-        on_wait=None if is_grpc(url) else release_idle_connections,
     )
 
 
@@ -352,9 +328,9 @@ def open_storage(
             heartbeat_stale_trial_callback=callback,
         )
         w = storage_waiter(url, log)
-        return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)  # no on_wait
+        return RetryingStorage(client, what=w.what, wait_s=w.wait_s, log=log, fix=w.fix, scrub=w.scrub)
     rdb = open_rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, callback=callback,
-                   engine_overrides=engine_overrides, log=log)  # fmt: skip
+                   engine_overrides=engine_overrides, log=log, reserve=True)  # fmt: skip
     w = storage_waiter(url, log)
     return RetryingStorage(
         optuna.storages._CachedStorage(rdb),
@@ -365,7 +341,6 @@ def open_storage(
         log=log,
         fix=w.fix,
         scrub=w.scrub,
-        on_wait=w.on_wait,
     )
 
 
@@ -377,8 +352,15 @@ def open_rdb(
     callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
     engine_overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    reserve: bool = False,
 ) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage (tables created one worker at a time), waiting out outages."""
+    """Optuna's RDB storage (tables created one worker at a time), waiting out outages.
+
+    ``reserve`` (PostgreSQL workers): open the worker's whole set of connections at once, the
+    pool's and the budget lock's (kept in :data:`_RESERVED` for :class:`BudgetLock`), or none:
+    a worker that cannot have them all lets go of what it got and waits, so workers beyond the
+    server's ``max_connections`` queue up instead of each holding some and waiting for more.
+    """
     parsed = parse_url(url)
     path = sqlite_path(url)
     if path is not None:
@@ -387,18 +369,30 @@ def open_rdb(
     def build() -> optuna.storages.RDBStorage:
         # Workers starting together on a fresh database would race to create Optuna's tables
         # (PostgreSQL then raises UniqueViolation): create them one worker at a time.
+        # Another program (optuna-dashboard, a plain load_study) may still race us: then the
+        # tables exist on the next attempt.
         schema_lock = BudgetLock(url, "\x00schema", log=log)
         try:
             schema_lock.acquire()
-            return optuna.storages.RDBStorage(
-                parsed.render_as_string(hide_password=False),
-                engine_kwargs={**engine_kwargs(url), **(engine_overrides or {})},
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=callback,
-            )
+            for attempt in range(3):
+                try:
+                    rdb = optuna.storages.RDBStorage(
+                        parsed.render_as_string(hide_password=False),
+                        engine_kwargs={**engine_kwargs(url), **(engine_overrides or {})},
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=callback,
+                    )
+                    break
+                except sqlalchemy.exc.IntegrityError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.5)
         finally:
             schema_lock.close()
+        if reserve and path is None:
+            _reserve(url, rdb)
+        return rdb
 
     try:
         storage = call_with_retry(build, storage_waiter(url, log))
@@ -406,14 +400,33 @@ def open_rdb(
         raise StorageError(explain_pg_error(str(exc.orig or exc), parsed)) from None
     except optuna.exceptions.StorageInternalError as exc:
         raise StorageError(explain_pg_error(str(getattr(exc.__cause__, "orig", None) or exc), parsed)) from None
-    if path is None:
-        _register_idle(storage.engine, "dispose")
     if path is not None:
         # Every suggest is a commit: WAL + synchronous=NORMAL makes them cheap (safe against a
         # crashed process, not a crashed OS) and lets optuna-dashboard read while we write.
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
     return storage
+
+
+_RESERVED: dict[str, Any] = {}
+"""A budget-lock connection opened with the worker's pool (:func:`open_rdb`), by URL."""
+
+
+def _reserve(url: str, rdb: optuna.storages.RDBStorage) -> None:
+    held = []
+    lock_engine = sqlalchemy.create_engine(
+        parse_url(url), poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    try:
+        for _ in range(int(POOL_KWARGS["pool_size"])):
+            held.append(rdb.engine.connect())
+        _RESERVED[url] = lock_engine.connect()
+    except Exception:
+        rdb.engine.dispose()
+        raise
+    finally:
+        for conn in held:
+            conn.close()  # back to the pool, which keeps them
 
 
 def stale_trial_ids(rdb: optuna.storages.RDBStorage, study_id: int, grace_period: float) -> list[int]:
@@ -525,35 +538,18 @@ class BudgetLock:
             self._engine = sqlalchemy.create_engine(
                 parsed, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
             )
-            _register_idle(self, "close_if_idle")
 
-    def close_if_idle(self) -> None:
-        """Close the lock's connection unless the lock is held or being taken (another thread's call)."""
-        if self._thread_lock.acquire(blocking=False):
-            try:
-                if not self._held:
-                    self._drop_conn()
-            finally:
-                self._thread_lock.release()
-
-    def _advisory_lock(self) -> bool:
-        """Wait up to :data:`LOCK_POLL_S` for the advisory lock; ``False`` when that ran out."""
+    def _advisory_lock(self) -> None:
         assert self._engine is not None
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = None
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._conn.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_POLL_S}s'"))
+            self._conn = _RESERVED.pop(self._url, None) or self._engine.connect()
+            self._conn = self._conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
             self._conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._key})
-        except sqlalchemy.exc.OperationalError as exc:
-            self._drop_conn()
-            if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_timeout: let go of everything, then retry
-                return False
-            raise
         except sqlalchemy.exc.SQLAlchemyError:
             self._drop_conn()
             raise
-        return True
 
     def _drop_conn(self) -> None:
         if self._conn is not None:
@@ -569,11 +565,7 @@ class BudgetLock:
             if self._lease is not None:
                 self._lease.acquire()
             elif self._engine is not None:
-                waiter = storage_waiter(self._url, self._log)
-                while not call_with_retry(self._advisory_lock, waiter):
-                    # A worker blocked on the lock must not sit on connections the holder may need.
-                    release_idle_connections()
-                    time.sleep(random.uniform(0.0, 0.5))
+                call_with_retry(self._advisory_lock, storage_waiter(self._url, self._log))
         except BaseException:
             self._thread_lock.release()
             raise

@@ -141,10 +141,8 @@ class Waiter:
         log: Callable[[str], None] | None = None,
         fix: str = "check that it is running and reachable",
         scrub: Callable[[str], str] = lambda s: s,
-        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.what = what
-        self.on_wait = on_wait
         self.wait_s = wait_seconds() if wait_s is None else wait_s
         self.log = log or _stderr
         self.fix = fix
@@ -181,11 +179,6 @@ class Waiter:
                 f"(pid {os.getpid()})"
             )
         self.retries += 1
-        if self.on_wait is not None:
-            try:
-                self.on_wait()
-            except Exception:  # releasing what we hold is best effort
-                pass
         time.sleep(delay)
 
     def done(self) -> None:
@@ -242,12 +235,11 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         log: Callable[[str], None] | None = None,
         fix: str = "check that it is running and reachable",
         scrub: Callable[[str], str] = lambda s: s,
-        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self.inner = inner
         self._heartbeat = heartbeat if heartbeat is not None else (inner if isinstance(inner, BaseHeartbeat) else None)
         self._stale = stale_trial_ids
-        self._waiter_args = {"wait_s": wait_s, "log": log, "fix": fix, "scrub": scrub, "on_wait": on_wait}
+        self._waiter_args = {"wait_s": wait_s, "log": log, "fix": fix, "scrub": scrub}
         self.what = what
 
     def waiter(self) -> Waiter:

@@ -120,9 +120,9 @@ class PgCluster:
     def restart(self) -> None:
         """``pg_ctl restart`` (fast mode: every client connection is terminated), same port."""
         assert self.root is not None, "start the cluster first"
-        self._pg(
-            [str(self._bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "60", "restart"]
-        )
+        # -l: the new server must not inherit our pipes (we would wait for them to close for ever).
+        data, log = str(self.root / "data"), str(self.root / "log")
+        self._pg([str(self._bindir / "pg_ctl"), "-D", data, "-l", log, "-m", "fast", "-w", "-t", "60", "restart"])
 
     def connections(self) -> int:
         """Client connections open now (this query's own excluded)."""
