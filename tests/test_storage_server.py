@@ -126,6 +126,7 @@ def _start_on_port(cluster: PgCluster, port: int) -> None:
         tp.free_port = real  # type: ignore[assignment]
 
 
+@pytest.mark.slow
 def test_through_the_server_more_workers_than_max_connections_all_finish(
     tmp_path: Path, small_cluster: PgCluster
 ) -> None:
