@@ -16,11 +16,13 @@
   PostgreSQL advisory lock, or a lease held by the storage server), which is what makes the
   study budget exact.
 
-Connections per direct PostgreSQL worker, measured by ``benchmarks/bench_workers.py``: the
-main thread's session, the heartbeat thread's, the stale-trial check's and the budget lock's
-own connection, so up to 4 each (the pool allows 2 + 2 overflow, plus the lock's): a server
-with the default ``max_connections = 100`` holds about 25-30 workers. Through the storage
-server a worker holds none; the server holds its pool (``--pool-size``, default 8) + 1.
+Connections per direct PostgreSQL worker, measured (``benchmarks/bench_workers.py``, and one
+worker sampled in ``pg_stat_activity``): exactly 3, opened together at start (:func:`open_rdb`):
+2 pooled ones that its main, heartbeat and stale-check threads share, and the budget lock's
+own. (Before: up to 5, 2 + 2 overflow + the lock's.) A server with the default
+``max_connections = 100`` so runs 33 direct workers at a time; the others wait for a free set.
+Through the storage server a worker holds none; the server holds its pool (``--pool-size``,
+default 8) + 1 for the locks.
 """
 
 from __future__ import annotations
