@@ -158,9 +158,14 @@ def best_of(
     """
     where = f"--enqueue-top {source}:{k}"
     if not st.study_exists(url, source):
+        hint = (
+            f" (by default each SQLite study has its own file: sqlite:///studies/{source}.db)"
+            if st.is_sqlite(url)
+            else ""
+        )
         raise UsageError(
             f"{where}: there is no study {source!r} in {st.mask_url(url)}: run it first "
-            f"(python -m evo_fpn.run --study {source}), or pass the storage that holds it with --storage"
+            f"(python -m evo_fpn.run --study {source}), or pass the storage that holds it with --storage{hint}"
         )
     study = optuna.load_study(study_name=source, storage=open_storage())
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -280,9 +285,19 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         lock.close()
 
 
-def describe(enqueued: int, skipped: int) -> str:
-    """The run's one line about what it enqueued."""
-    return f"enqueued {enqueued} architecture(s)" + (f", {skipped} already in the study" if skipped else "")
+def describe(study: optuna.Study, done: tuple[int, int], n_trials: int) -> str:
+    """The run's one line about what it enqueued, and whether the budget leaves room to run it."""
+    enqueued, skipped = done
+    line = f"enqueued {enqueued} architecture(s)" + (f", {skipped} already in the study" if skipped else "")
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING))
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    room = max(0, n_trials - (len(trials) - waiting))
+    if waiting > room:
+        line += (
+            f"; note: {waiting} trials wait in the queue and the budget of {n_trials} has room for {room}: "
+            "raise --n-trials to run them all"
+        )
+    return line
 
 
 __all__ = [

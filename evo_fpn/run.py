@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if queued:
         done = enqueue.apply(study, queued, url=p.url, space=p.space)
         if not args.child:
-            log(enqueue.describe(*done))
+            log(enqueue.describe(study, done, cfg.n_trials))
     finished, _, _ = count_trials(study)
     progress = Progress(
         total=cfg.n_trials, initial=finished, enabled=args.progress and not args.child, desc=f"study {cfg.name}"

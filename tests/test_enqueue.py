@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from run_worker import load, write_study
+from run_worker import load
+from run_worker import write_study as _write_study
 
 from evo_fpn import enqueue
 from evo_fpn.run import main
@@ -29,6 +30,12 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
     for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)
+
+
+def write_study(folder: Path, name: str = "syn", **kw: object) -> Path:
+    """A synthetic study file whose trials are never declared stale (a loaded machine must not
+    fail a running trial under these tests)."""
+    return _write_study(folder, name, grace_period=60, **kw)  # type: ignore[arg-type]
 
 
 def url_of(tmp_path: Path, name: str = "syn") -> str:
@@ -99,6 +106,15 @@ def test_enqueue_skips_what_the_study_has_and_a_restart_enqueues_nothing(
     assert cli("--study", "syn.toml", "--enqueue", path, "--n-trials", "4") == 0
     study = load(url_of(tmp_path))
     assert len(study.trials) == 4 and not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_enqueue_says_when_the_budget_cannot_run_the_queue(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_study(tmp_path, n_trials=1)
+    assert (
+        cli("--study", "syn.toml", "--enqueue", write_json(tmp_path / "s.json", [s.to_dict() for s in specs(3)])) == 0
+    )
+    err = capsys.readouterr().err
+    assert "enqueued 3 architecture(s); note: 3 trials wait in the queue and the budget of 1 has room for 1" in err
 
 
 def test_enqueue_skips_architectures_waiting_in_the_queue(tmp_path: Path) -> None:
@@ -266,3 +282,14 @@ def test_enqueue_top_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, ca
     assert "there is no study 'screen'" in one_error(capsys)
     assert not (tmp_path / "studies" / "proxy.db").exists()
     assert optuna.get_all_study_names(url) == ["screen"]
+
+
+def test_the_shipped_screen_study_feeds_the_default_study() -> None:
+    """studies/screen.toml screens with the supernet on the default study's data and space, so
+    ``--enqueue-top screen:20`` into a default-proxy study fits."""
+    from evo_fpn.config import load_config
+
+    root = Path(__file__).resolve().parent.parent / "studies"
+    screen, default = load_config(str(root / "screen.toml")), load_config(str(root / "default.toml"))
+    assert (screen.objective, screen.sampler, default.objective) == ("supernet", "evolution", "proxy")
+    assert screen.n_trials >= 1000 and screen.preset == default.preset and screen.space == default.space
