@@ -155,7 +155,7 @@ def check_comparable(rows: Sequence[StudyRow]) -> None:
     if len(fps) > 1:
         groups = ", ".join(f"{r.name}={r.fingerprint}" for r in rows)
         raise UsageError(
-            f"these studies measured different things (proxy task or search space differ: {groups}): "
+            f"these studies measured different things (proxy task, search space or budgets differ: {groups}): "
             "compare only studies with the same fingerprint"
         )
 
