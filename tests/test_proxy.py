@@ -372,7 +372,8 @@ OTHER_VALUES: dict[str, object] = {
     "digits_val": 17, "digits_min_scale": 9, "digits_max_scale": 40, "digits_seed": 1, "image_size": 96,
     "resize": "letterbox", "backbone": "resnet18", "backbone_weights": "/w.pt", "backbone_mode": "end_to_end",
     "backbone_epochs": 2.0, "backbone_seed": 1, "width": 32, "repeats": 2, "neck_norm": "group", "fpn_norm": "batch",
-    "norm_recal_batches": 3, "anytime": True, "norm_decay": False, "cell_conv": "separable3x3", "head_depth": 2, "head_norm": "batch",
+    "norm_recal_batches": 3, "anytime": True, "norm_decay": False, "cell_conv": "separable3x3", "head_depth": 2,
+    "head_norm": "batch",
     "anchor_sizes": (4.0, 8.0, 16.0, 32.0, 64.0), "anchor_scales": (1.0,), "aspect_ratios": (1.0,), "epochs": 5.0,
     "batch_size": 4, "optimizer": "sgd", "lr": 0.01, "momentum": 0.5, "weight_decay": 0.01, "warmup_fraction": 0.1,
     "clip_grad": 1.0, "seed": 3, "seeds": 2, "reports": 1, "score_thresh": 0.1, "nms_thresh": 0.6,
@@ -423,6 +424,11 @@ def test_the_stage_is_built_from_the_stage_config_only(monkeypatch: pytest.Monke
         True,
     )  # defaults
     assert not list(tmp_path.glob("backbone-*.pt"))  # nothing half-written
+
+
+def test_latency_times_the_whole_detector_on_the_tasks_device(task: ProxyTask) -> None:
+    got = task.latency(PUBLISHED_NASFPN, warmup=1, runs=3)  # the backbone too, although trials use cached features
+    assert got["latency_ms"] > 0 and got["latency_std_ms"] >= 0 and got["latency_device"].startswith("cpu: ")
 
 
 def test_costs_counted_without_training_equal_the_built_models(task: ProxyTask) -> None:
