@@ -137,11 +137,15 @@ def run_once(pg: PgCluster, k: int, route: str, toml: Path, cwd: Path, budget: i
     killed = set()
     for p in procs:
         try:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:  # past the deadline: kill every worker still running, at once
+            for q in procs:
+                if q.poll() is None:
+                    q.kill()
+                    killed.add(q.pid)
             p.wait()
-            killed.add(p.pid)
+    for p in procs:
+        p.wait()
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
