@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,14 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert test in ci
     # set -e ignores a failure before the last command of an && list: the next line must stop CI
     assert ci[ci.index(test) + 1].startswith("[ $? -eq 0 ] || {")
+
+
+def test_the_cells_table_is_what_the_records_say(capsys: pytest.CaptureFixture[str]) -> None:
+    # The README's ablation table is `bench_cells --report --markdown` over the committed records.
+    from benchmarks import bench_cells
+
+    assert bench_cells.main(["--report", "--markdown"]) == 0
+    rendered = capsys.readouterr().out.strip()
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- cells-table -->\n", 1)[1].split("\n\n", 1)[0].strip()
+    assert table == rendered, "stale: paste `python -m benchmarks.bench_cells --report --markdown`"
