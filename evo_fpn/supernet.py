@@ -343,6 +343,10 @@ class SupernetTask:
     def costs(self, spec: ArchSpec | str) -> dict[str, int]:
         return self.proxy.costs(spec)
 
+    def latency(self, spec: ArchSpec | str, **settings: Any) -> dict[str, Any]:
+        """The architecture's latency as the proxy measures it (a property of the network, not of its weights)."""
+        return self.proxy.latency(spec, **settings)
+
     def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
         """Score ``spec`` with the shared weights: restore the trained state, wire, re-estimate
         BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
