@@ -126,8 +126,8 @@ def reference_scores() -> dict[str, float]:
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (lever, checkpoint): tau/rho against the stand-alone proxy and the reference."""
     proxy, reference = proxy_scores(), reference_scores()
-    current = {lever: (lever_task(lever, progress=False).key(), lever_task(lever).supernet.recal_batches)
-               for lever in LEVERS}  # fmt: skip
+    tasks = {lever: lever_task(lever, progress=False) for lever in LEVERS}
+    current = {lever: (task.key(), task.supernet.recal_batches) for lever, task in tasks.items()}
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in records:
         if current.get(r["lever"]) == (r["supernet_key"], r["recal_batches"]):

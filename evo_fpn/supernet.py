@@ -123,8 +123,12 @@ class SharedNeck(nn.Module):
         self._norm_layer = norm_layer
         self._cache_size = cache_size
         self._wired: OrderedDict[str, NasFpn] = OrderedDict()
-        self.spec = weights.spec
         object.__setattr__(self, "_active", weights)  # not a submodule: the weights are registered once
+
+    @property
+    def spec(self) -> ArchSpec:
+        """The architecture the weights are wired as now."""
+        return self._active.spec
 
     def mismatch(self, spec: ArchSpec) -> str | None:
         """Why ``spec`` cannot be wired with these weights (``None``: it can)."""
@@ -159,7 +163,6 @@ class SharedNeck(nn.Module):
             if len(self._wired) > self._cache_size:
                 self._wired.popitem(last=False)
         self._wired.move_to_end(key)
-        self.spec = spec
         object.__setattr__(self, "_active", net)
         return self
 
@@ -292,6 +295,7 @@ class SupernetTask:
         self.model: Detector | None = None
         self.meta: dict[str, Any] = {}
         self.checkpoints: tuple[str, ...] = ()
+        self._all: dict[str, dict[str, Tensor]] = {}
         self._state: dict[str, Tensor] = {}
 
     def key(self) -> str:

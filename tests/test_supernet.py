@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from test_proxy import TINY  # the proxy tests' tiny configuration
 
 from evo_fpn import record
 from evo_fpn.cli import UsageError
@@ -23,19 +24,6 @@ from evo_fpn.space import NasFpnSpace, SpaceConfig
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
 from evo_fpn.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
 
-TINY = ProxyConfig(
-    digits_train=32,
-    digits_val=16,
-    image_size=64,
-    digits_min_scale=8,
-    digits_max_scale=48,
-    backbone_epochs=1.0,
-    width=16,
-    head_depth=1,
-    batch_size=8,
-    epochs=4.0,
-    reports=2,
-)
 TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
 
 
