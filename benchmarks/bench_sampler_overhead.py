@@ -1,6 +1,7 @@
 """Time a sampler adds per trial on a study that already has 1k or 10k finished trials.
 
-For each storage (in-memory, SQLite) and history size, the study is pre-populated with
+For each storage (in-memory, SQLite, PostgreSQL: a throwaway local cluster from
+:mod:`evo_fpn.testing_pg`, fsync off) and history size, the study is pre-populated with
 finished NAS-FPN trials (random valid points scored by the synthetic landscape). Each
 sampler then runs ``--trials`` more trials (ask, ``NasFpnSpace.suggest``, tell) while a thin
 proxy times every call Optuna makes into it (``infer_relative_search_space``,
@@ -8,13 +9,18 @@ proxy times every call Optuna makes into it (``infer_relative_search_space``,
 storage reads and attribute writes those calls do. Reported: the median per trial (the
 headline), split into compute, reads of the study's trials (``get_all_trials``: on SQLite
 a query plus Optuna's sort of its cache) and trial-attribute writes (lineage / log-probs:
-one commit each on SQLite), the mean, the first trial alone (where the RL sampler replays the
-whole history once per process), and the whole trial (ask + suggest + tell) for scale.
+one commit each on SQLite; the RL sampler's policy checkpoint, a study attr, counts too), the
+mean, the first trial alone (where a fresh RL sampler catches up with the whole history: a full
+replay here, as the pre-populated study has no stored checkpoint; it stores one), the whole
+trial (ask + suggest + tell) for scale, and for RL the first trial of a second, fresh sampler
+(``join``: a worker that joins the study now, loading the stored checkpoint and replaying the
+updates after it; ``(+k)`` = updates replayed).
 The storage's own cache is warmed before timing, so reading 10k trials from SQLite once is
 not billed to a sampler. All samplers are measured side by side in one run.
 
     nice -n 10 python -m benchmarks.bench_sampler_overhead
     nice -n 10 python -m benchmarks.bench_sampler_overhead --sizes 1000 --storages memory --trials 10
+    nice -n 10 python -m benchmarks.bench_sampler_overhead --sizes 10000 --storages sqlite,postgresql --trials 10
 """
 
 from __future__ import annotations
@@ -99,13 +105,18 @@ def history(n: int, space: NasFpnSpace, land: Landscape) -> list[FrozenTrial]:
 
 
 def bulk_sqlite(path: Path, trials: Sequence[FrozenTrial]) -> str:
-    """Write a SQLite study with ``trials`` in one transaction (``add_trials`` commits per row:
+    """Write a SQLite study with ``trials`` in one transaction (see :func:`bulk_rdb`)."""
+    return bulk_rdb(f"sqlite:///{path}", trials)
+
+
+def bulk_rdb(url: str, trials: Sequence[FrozenTrial]) -> str:
+    """Write a study with ``trials`` in one transaction (``add_trials`` commits per row:
     ~50 ms per trial here, 10 minutes for 10k). Benchmark set-up only: uses Optuna's tables."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
-    url = f"sqlite:///{path}"
-    study = optuna.create_study(storage=url, study_name="bench", direction="maximize")
+    rdb = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(storage=rdb, study_name="bench", direction="maximize")
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(
@@ -143,10 +154,25 @@ def bulk_sqlite(path: Path, trials: Sequence[FrozenTrial]) -> str:
                 for name, v in t.params.items()
             ],
         )
+        if engine.dialect.name == "postgresql":  # explicit ids left the serial sequence behind
+            seq = "SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), max(trial_id)) FROM trials"
+            conn.execute(sa.text(seq))
     engine.dispose()
-    check = optuna.load_study(study_name="bench", storage=url).trials
+    check = optuna.load_study(study_name="bench", storage=rdb).trials
+    rdb.engine.dispose()  # no connection left open: PostgreSQL copies a template only when it has none
     assert len(check) == len(trials) and check[-1].params == trials[-1].params and check[-1].value == trials[-1].value
     return url
+
+
+def pg_copy(pg: Any, template: str, name: str) -> str:
+    """A fresh database copied from ``template`` (PostgreSQL's ``CREATE DATABASE ... TEMPLATE``)."""
+    import psycopg
+
+    with psycopg.connect(
+        host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return str(pg.url(name))
 
 
 def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape, n_trials: int) -> dict[str, float]:
@@ -182,6 +208,7 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
 
     storage.set_trial_system_attr = timed_write(storage.set_trial_system_attr)  # type: ignore[method-assign]
     storage.set_trial_user_attr = timed_write(storage.set_trial_user_attr)  # type: ignore[method-assign]
+    storage.set_study_system_attr = timed_write(storage.set_study_system_attr)  # type: ignore[method-assign]
     storage.get_all_trials = timed_read(storage.get_all_trials)  # type: ignore[method-assign]
     per_trial, per_write, per_read, whole = [], [], [], []
     for _ in range(n_trials):
@@ -194,9 +221,21 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
         per_trial.append(timed.elapsed * 1000)
         per_write.append((writes["s"] * 1000, writes["n"]))
         per_read.append(reads["s"] * 1000)
+    join: dict[str, float] = {}
+    if hasattr(inner, "_restored"):  # RL: a second worker joins now (a fresh sampler, the same study)
+        joiner = make_sampler(name, seed=0, constraints=space, **SETTINGS[name])
+        timed.inner, timed.elapsed = joiner, 0.0
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, land(trial.params))
+        restored = getattr(joiner, "_restored", None) or 0
+        join = {"join_ms": timed.elapsed * 1000, "join_replayed_updates": joiner._n_updates - restored}
+        join["join_restored_updates"] = restored
     del storage.set_trial_system_attr, storage.set_trial_user_attr, storage.get_all_trials
+    del storage.set_study_system_attr
     k = 1 if n_trials > 1 else 0
     return {
+        **join,
         "median_ms": statistics.median(per_trial[k:]),
         "mean_ms": statistics.fmean(per_trial[k:]),
         "first_ms": per_trial[0],
@@ -226,10 +265,17 @@ def main() -> None:
     samplers = args.samplers.split(",")
     results: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="evo_fpn_bench_"))
+    pg = None
+    if "postgresql" in args.storages.split(","):
+        from evo_fpn.testing_pg import PgCluster
+
+        pg = PgCluster().start()
     print(
-        "storage finished sampler  median = compute + reads + writes (#)     mean   first ms  trial ms    n\n"
+        "storage    finished sampler  median = compute + reads + writes (#)     mean   first ms  trial ms    n"
+        "   join ms (+k)\n"
         "  [sampler ms per trial; reads = get_all_trials; writes = trial attrs; first = first trial "
-        "(RL replays here); trial = ask+suggest+tell]"
+        "(RL: full replay); trial = ask+suggest+tell; join = a fresh RL sampler's first trial, from the "
+        "stored checkpoint (+k updates replayed)]"
     )
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -241,10 +287,19 @@ def main() -> None:
                     template = tmp / f"template_{size}.db"
                     bulk_sqlite(template, trials)
                     print(f"[built SQLite study with {size} trials in {time.perf_counter() - t0:.1f} s]", flush=True)
+                elif storage == "postgresql":
+                    assert pg is not None
+                    t0 = time.perf_counter()
+                    bulk_rdb(pg.new_database(f"template_{size}"), trials)
+                    print(f"[built PostgreSQL study, {size} trials, in {time.perf_counter() - t0:.1f} s]", flush=True)
                 for name in samplers:
                     if storage == "memory":
                         study = optuna.create_study(direction="maximize")
                         study.add_trials(trials)
+                    elif storage == "postgresql":
+                        assert pg is not None
+                        url = pg_copy(pg, f"template_{size}", f"{name}_{size}")
+                        study = optuna.load_study(study_name="bench", storage=url)
                     else:
                         assert template is not None
                         db = tmp / f"{name}_{size}.db"
@@ -255,14 +310,17 @@ def main() -> None:
                     r.update(sampler=name, storage=storage, finished=size)
                     results.append(r)
                     print(
-                        f"{storage:7s} {size:6d} {name:10s} {r['median_ms']:8.2f} {r['compute_ms_median']:8.2f} "
+                        f"{storage:10s} {size:6d} {name:10s} {r['median_ms']:8.2f} {r['compute_ms_median']:8.2f} "
                         f"{r['trial_reads_ms_median']:7.2f} {r['attr_write_ms_median']:7.2f} "
                         f"({r['attr_writes_per_trial']:.0f}) {r['mean_ms']:8.2f} "
-                        f"{r['first_ms']:10.1f} {r['whole_trial_ms_median']:9.1f} {n:4d}",
+                        f"{r['first_ms']:10.1f} {r['whole_trial_ms_median']:9.1f} {n:4d}"
+                        + (f" {r['join_ms']:9.1f} (+{r['join_replayed_updates']})" if "join_ms" in r else ""),
                         flush=True,
                     )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if pg is not None:
+            pg.stop()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": SETTINGS, "results": results}, indent=1))
