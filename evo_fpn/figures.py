@@ -41,6 +41,7 @@ from evo_fpn import record
 from evo_fpn.analysis import best_so_far, pareto_front, rank_key
 from evo_fpn.draw import spec_to_svg
 from evo_fpn.limits import BUDGET_METRICS
+from evo_fpn.samplers.evolution import mutation_of, parent_of
 from evo_fpn.space import NasFpnSpace, SpaceConfig
 from evo_fpn.spec import ArchSpec, SpecError
 
@@ -655,7 +656,8 @@ def pareto_architectures_html(data: StudyData, *, k: int = 6) -> str:
 
 
 def lineage(data: StudyData, number: int | None = None) -> list[TrialRow]:
-    """The chain of ``parent_trial`` links ending in trial ``number`` (default: the best), oldest first."""
+    """The chain of parent links (the evolution ``lineage`` attr, or ``parent_trial`` in studies
+    from earlier versions) ending in trial ``number`` (default: the best), oldest first."""
     by_number = {t.number: t for t in data.trials}
     if number is None:
         best = data.best(1)
@@ -669,8 +671,7 @@ def lineage(data: StudyData, number: int | None = None) -> list[TrialRow]:
         seen.add(current)
         t = by_number[current]
         chain.append(t)
-        parent = t.user_attrs.get("parent_trial")
-        current = parent if isinstance(parent, int) and not isinstance(parent, bool) else None
+        current = parent_of(t.user_attrs)
     return chain[::-1]
 
 
@@ -685,7 +686,7 @@ def lineage_figure(data: StudyData) -> go.Figure | None:
     xs = list(range(len(chain)))
     ys = [t.ap if t.is_complete else None for t in chain]
     text = [
-        f"trial {t.number} ({t.state.name.lower()})<br>{html.escape(str(t.user_attrs.get('mutation', 'seed')))}"
+        f"trial {t.number} ({t.state.name.lower()})<br>{html.escape(mutation_of(t.user_attrs, 'seed') or '')}"
         for t in chain
     ]
     fig = go.Figure(
@@ -722,7 +723,7 @@ def lineage_html(data: StudyData, *, max_rows: int = 12) -> str:
         spec = data.spec(t)
         ap = f"{t.ap:.4f}" if t.is_complete else t.state.name.lower()
         pic = svg_img(spec, f"trial {t.number}", width=300) if spec is not None else ""
-        mutation = html.escape(str(t.user_attrs.get("mutation", "(first of its line)")))
+        mutation = html.escape(mutation_of(t.user_attrs, "(first of its line)") or "")
         rows.append(f"<tr><td>{t.number}</td><td>{ap}</td><td><code>{mutation}</code></td><td>{pic}</td></tr>")
     more = f"<p>{len(chain) - len(shown)} older ancestors not shown.</p>" if len(chain) > len(shown) else ""
     return (

@@ -117,8 +117,10 @@ def test_optuna_dashboard_serves_attrs_artifacts_and_figures(studies) -> None:
             attrs = {a["key"]: a["value"] for a in served["user_attrs"]}
             for key in CONTRACT_ATTRS:
                 assert attrs[key] == str(trial.user_attrs[key])
-            if "parent_trial" in trial.user_attrs:
-                assert attrs["mutation"] == trial.user_attrs["mutation"]
+            if "lineage" in trial.user_attrs:  # the evolution lineage record, one attr, mutation first
+                rec = trial.user_attrs["lineage"]
+                assert json.loads(attrs["lineage"]) == rec
+                assert attrs["lineage"].startswith(json.dumps({"mutation": rec["mutation"]})[:-1])
             (art,) = served["artifacts"]
             assert art["mimetype"] == "image/svg+xml"
             if trial.number < 3:  # fetch a few pictures through the dashboard

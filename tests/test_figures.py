@@ -7,6 +7,7 @@ compares it with the numbers inside the plotly figure.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -19,6 +20,7 @@ from study_factory import shared_studies
 
 from evo_fpn import figures
 from evo_fpn.figures import StudyData
+from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
 from evo_fpn.spec import OPS
 
 
@@ -201,15 +203,34 @@ def test_lineage_follows_parent_trial(studies, evo: StudyData) -> None:
     assert chain[-1].number == evo.best(1)[0].number
     by_number = {t.number: t for t in study.trials}
     for parent, child in zip(chain, chain[1:], strict=False):
-        assert by_number[child.number].user_attrs["parent_trial"] == parent.number
-    assert "parent_trial" not in by_number[chain[0].number].user_attrs
+        assert by_number[child.number].user_attrs[LINEAGE_ATTR]["parent"] == parent.number
+    assert parent_of(by_number[chain[0].number].user_attrs) is None
     assert len(chain) >= 3, "24 trials of evolution with a population of 8 build a lineage"
     fig = figures.lineage_figure(evo)
     assert [int(s.lstrip("#")) for s in fig.layout.xaxis.ticktext] == [t.number for t in chain]
     assert list(fig.data[0].y) == [by_number[t.number].value for t in chain]
     table = figures.lineage_html(evo)
-    assert by_number[chain[-1].number].user_attrs["mutation"].split(":")[0] in table
+    assert by_number[chain[-1].number].user_attrs[LINEAGE_ATTR]["mutation"].split(":")[0] in table
     assert len(_svgs(table)) == len(chain)
+
+
+def test_lineage_of_a_study_from_an_earlier_version(evo: StudyData) -> None:
+    """Studies written before the single ``lineage`` attr: user attrs ``parent_trial`` and ``mutation``."""
+
+    def legacy(attrs: dict) -> dict:
+        out = {k: v for k, v in attrs.items() if k != LINEAGE_ATTR}
+        rec = attrs.get(LINEAGE_ATTR)
+        if rec is not None:
+            out["mutation"] = rec["mutation"]
+            if "parent" in rec:
+                out["parent_trial"] = rec["parent"]
+        return out
+
+    old = dataclasses.replace(evo, trials=[dataclasses.replace(t, user_attrs=legacy(t.user_attrs)) for t in evo.trials])
+    assert all(LINEAGE_ATTR not in t.user_attrs for t in old.trials)
+    assert [t.number for t in figures.lineage(old)] == [t.number for t in figures.lineage(evo)]
+    assert figures.lineage_html(old) == figures.lineage_html(evo)
+    assert list(figures.lineage_figure(old).data[0].text) == list(figures.lineage_figure(evo).data[0].text)
 
 
 def test_lineage_absent_for_random_search(studies) -> None:

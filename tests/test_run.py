@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from run_worker import load, run, start, states, wait_for, write_study
 
 from evo_fpn.run import main
+from evo_fpn.samplers.evolution import parent_of
 from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
 
 
@@ -206,7 +207,7 @@ def test_quick_preset_end_to_end_with_the_real_proxy(tmp_path: Path) -> None:
     trials = sorted(study.trials, key=lambda t: t.number)
     assert states(study) == {"COMPLETE": 3}
     assert [t.user_attrs.get("reference") for t in trials[:2]] == ["published", "fpn"]
-    assert trials[2].user_attrs["parent_trial"] in (0, 1), "the demo's third trial is an evolution child"
+    assert parent_of(trials[2].user_attrs) in (0, 1), "the demo's third trial is an evolution child"
     for t in trials:
         attrs = t.user_attrs
         assert 0.0 <= t.value <= 1.0 and t.value == attrs["ap"]
@@ -328,8 +329,8 @@ def test_resumed_evolution_study_continues_exactly_as_an_uninterrupted_one(tmp_p
     whole = load(url_of(tmp_path, "whole"), "whole").trials
     split = load(url_of(tmp_path, "split"), "split").trials
     assert [t.params for t in whole] == [t.params for t in split]
-    assert [t.user_attrs.get("parent_trial") for t in whole] == [t.user_attrs.get("parent_trial") for t in split]
-    assert any(t.user_attrs.get("parent_trial") is not None for t in whole[4:])  # evolution really mutated
+    assert [parent_of(t.user_attrs) for t in whole] == [parent_of(t.user_attrs) for t in split]
+    assert any(parent_of(t.user_attrs) is not None for t in whole[4:])  # evolution really mutated
 
 
 def test_busy_cpu_hint_only_for_cpu_training_with_default_threads_on_a_loaded_machine(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from samplers_worker import fast_dir, make_storage, toy_value
 
 from evo_fpn.samplers import SAMPLER_NAMES, AgingEvolutionSampler, ChoiceConstraints, RLControllerSampler, make_sampler
-from evo_fpn.samplers.evolution import LINEAGE_KEY
+from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
 from evo_fpn.samplers.rl import SAMPLE_KEY
 from evo_fpn.space import NasFpnSpace
 
@@ -87,7 +87,7 @@ def test_threads_share_one_sampler(name: str) -> None:
     assert len(trials) == 40 and all(t.state == TrialState.COMPLETE for t in trials)
     assert all(valid(t.params) for t in trials)
     if name == "evolution":
-        assert sum(t.system_attrs[LINEAGE_KEY]["origin"] == "mutation" for t in trials) > 20
+        assert sum(t.user_attrs[LINEAGE_ATTR]["origin"] == "mutation" for t in trials) > 20
     else:
         assert sum(SAMPLE_KEY in t.system_attrs for t in trials) >= 38
 
@@ -112,12 +112,12 @@ def test_two_processes_share_one_study(name: str, scratch: Path) -> None:
     assert sum(a != b for a, b in zip(workers, workers[1:], strict=False)) >= 5  # they really ran interleaved
     for t in trials:
         if name == "evolution":
-            rec = t.system_attrs[LINEAGE_KEY]
+            rec = t.user_attrs[LINEAGE_ATTR]
             if rec["origin"] == "mutation":
                 parent = trials[rec["parent"]]
                 assert parent.state == TrialState.COMPLETE
                 assert parent.datetime_complete <= t.datetime_start  # only finished trials are parents
-                assert t.user_attrs["parent_trial"] == parent.number
+                assert parent_of(t.user_attrs) == parent.number
         elif t.number > 1:
             assert SAMPLE_KEY in t.system_attrs
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
 from evo_fpn.samplers import AgingEvolutionSampler
-from evo_fpn.samplers.evolution import LINEAGE_KEY
+from evo_fpn.samplers.evolution import LEGACY_LINEAGE_KEY, LINEAGE_ATTR, lineage_record, mutation_of, parent_of
 from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,7 +43,7 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
 
 
 def lineage(t: optuna.trial.FrozenTrial) -> dict:
-    return t.system_attrs[LINEAGE_KEY]
+    return t.user_attrs[LINEAGE_ATTR]
 
 
 def assert_valid_nas(params: dict) -> None:
@@ -61,7 +61,8 @@ def test_warmup_then_tournament_over_most_recent_population() -> None:
     trials = study.trials
     for t in trials[:P]:
         assert lineage(t)["origin"] == "random"
-        assert "parent_trial" not in t.user_attrs and t.user_attrs["mutation"] == "random"
+        assert "parent" not in lineage(t) and lineage(t)["mutation"] == "random"
+        assert set(t.user_attrs) == {LINEAGE_ATTR} and LEGACY_LINEAGE_KEY not in t.system_attrs  # one write
     for t in trials[P:]:
         rec = lineage(t)
         assert rec["origin"] in ("mutation", "identity")
@@ -172,8 +173,8 @@ def test_one_mutation_per_child_inside_nas_constraints() -> None:
             assert parent[name] == old and t.params[name] == new
             assert new == rec["old"]  # a swap: the repaired decision takes the freed value
         n_repairs += bool(repaired)
-        assert t.user_attrs["parent_trial"] == rec["parent"]
-        assert t.user_attrs["mutation"].startswith(f"{rec['param']}: {rec['old']} -> {rec['new']}")
+        assert parent_of(t.user_attrs) == rec["parent"]
+        assert rec["mutation"].startswith(f"{rec['param']}: {rec['old']} -> {rec['new']}")
     assert n_mut > 100 and n_repairs > 5
 
 
@@ -316,7 +317,7 @@ def test_enqueued_trial_keeps_its_params_and_is_labelled() -> None:
     study.enqueue_trial(fixed)
     study.optimize(nas_objective, n_trials=1)
     last = study.trials[-1]
-    assert last.params == fixed and last.user_attrs["mutation"] == "enqueued"
+    assert last.params == fixed and lineage(last)["mutation"] == "enqueued"
 
 
 def _worker(storage: str, n: int, seed: int) -> None:
@@ -366,4 +367,43 @@ def test_identity_children_copy_their_parent() -> None:
     identities = [t for t in study.trials if lineage(t)["origin"] == "identity"]
     assert len(identities) > 20
     for t in identities:
-        assert t.params == study.trials[t.user_attrs["parent_trial"]].params and t.user_attrs["mutation"] == "identity"
+        assert t.params == study.trials[lineage(t)["parent"]].params and lineage(t)["mutation"] == "identity"
+
+
+def test_lineage_is_one_write_per_trial() -> None:
+    study = optuna.create_study(sampler=AgingEvolutionSampler(population_size=3, sample_size=2, seed=0))
+    calls: list[str] = []
+    storage = study._storage
+    for name in ("set_trial_user_attr", "set_trial_system_attr"):
+        real = getattr(storage, name)
+        setattr(storage, name, lambda *a, _real=real, _name=name: (calls.append(f"{_name}:{a[1]}"), _real(*a))[1])
+    study.optimize(nas_objective, n_trials=8)
+    assert calls == ["set_trial_user_attr:lineage"] * 8
+    assert all(parent_of(t.user_attrs) is not None for t in study.trials[3:])
+
+
+def test_lineage_of_studies_from_earlier_versions_is_read() -> None:
+    """Before the single attr: a system attr record plus the user attrs ``parent_trial`` and ``mutation``."""
+    dist = {"x": IntDistribution(0, 9)}
+    legacy = {"parent": 0, "tournament": [0, 0], "finished": 2, "origin": "mutation", "param": "x", "old": 1}
+    old = create_trial(
+        value=1.0,
+        params={"x": 2},
+        distributions=dist,
+        user_attrs={"parent_trial": 0, "mutation": "x: 1 -> 2"},
+        system_attrs={LEGACY_LINEAGE_KEY: {**legacy, "new": 2, "repairs": [], "dedup_retries": 0}},
+    )
+    assert parent_of(old.user_attrs) == 0 and mutation_of(old.user_attrs) == "x: 1 -> 2"
+    rec = lineage_record(old.user_attrs, old.system_attrs)
+    assert rec is not None and rec["parent"] == 0 and rec["mutation"] == "x: 1 -> 2" and rec["new"] == 2
+    seed = create_trial(value=0.0, params={"x": 1}, distributions=dist, user_attrs={"mutation": "random"})
+    assert parent_of(seed.user_attrs) is None and mutation_of(seed.user_attrs) == "random"
+    assert lineage_record(seed.user_attrs) == {"mutation": "random"}
+    other = create_trial(value=0.0, params={"x": 1}, distributions=dist)
+    assert parent_of(other.user_attrs) is None and mutation_of(other.user_attrs, "seed") == "seed"
+    assert lineage_record(other.user_attrs, other.system_attrs) is None
+    new = run_nas(12, population_size=3, sample_size=2).trials[-1]
+    assert lineage_record(new.user_attrs, new.system_attrs) == lineage(new)
+    assert parent_of(new.user_attrs) == lineage(new)["parent"]
+    assert mutation_of(new.user_attrs) == lineage(new)["mutation"]
+    assert list(lineage(new))[:3] == ["mutation", "parent", "origin"]  # what optuna-dashboard shows first

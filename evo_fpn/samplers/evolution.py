@@ -29,8 +29,15 @@ from evo_fpn.samplers._common import (
 )
 from evo_fpn.samplers.constraints import ChoiceConstraints, _contains, allowed_values
 
-LINEAGE_KEY = "evolution:lineage"
-"""Trial system attr holding the structured lineage record (a dict of plain values)."""
+LINEAGE_ATTR = "lineage"
+"""Trial user attr holding the lineage record (a dict of plain values, shown by optuna-dashboard):
+``origin``, ``mutation`` (text), ``parent`` (trial number, mutants and identities only) and
+the details (mutated ``param``, ``old``/``new``, ``repairs``, ``tournament``, ``finished``,
+``dedup_retries``). One write per trial: each attr is one commit on an RDB storage."""
+
+LEGACY_LINEAGE_KEY = "evolution:lineage"
+"""Where studies written before the single ``lineage`` attr kept the record (a trial system
+attr, mirrored to the user attrs ``parent_trial`` and ``mutation``): still read."""
 
 _POPULATION_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 _MISSING: Any = object()
@@ -74,11 +81,13 @@ class AgingEvolutionSampler(StorageBackedSampler):
     * **De-duplication** (``dedup=True``): a child whose params equal those of any other
       trial of the study (finished in any state, running or waiting) is mutated afresh from
       the same parent, at most ``max_dedup_tries`` times; then it is kept as is.
-    * **Lineage**: written while the trial runs, as the trial system attr
-      ``"evolution:lineage"`` (origin, parent number, mutated param, old/new value, repairs,
-      tournament members, de-dup retries) and mirrored to the user attrs ``parent_trial``
-      (int, mutants and identities only) and ``mutation`` (str such as
-      ``"cell3.op: sum -> global_pool"``, or ``"random"``, ``"identity"``, ``"enqueued"``).
+    * **Lineage**: written while the trial runs, in one write, as the trial user attr
+      ``"lineage"``: a dict with the origin, ``parent`` (the parent's trial number, mutants
+      and identities only), ``mutation`` (str such as ``"cell3.op: sum -> global_pool"``, or
+      ``"random"``, ``"identity"``, ``"enqueued"``), the mutated param, old/new value,
+      repairs, tournament members and de-dup retries. Read it with :func:`lineage_record`,
+      :func:`parent_of` and :func:`mutation_of`, which also read studies from earlier
+      versions (system attr ``"evolution:lineage"``, user attrs ``parent_trial`` and ``mutation``).
 
     Params the relative search space does not cover (no trial has finished yet, or a
     dynamic space) are inherited from the parent when it has them with the same
@@ -103,7 +112,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
             sampler = AgingEvolutionSampler(population_size=20, sample_size=5, seed=0)
             study = optuna.create_study(sampler=sampler)
             study.optimize(objective, n_trials=100)
-            print(study.best_params, study.best_trial.user_attrs.get("mutation"))
+            print(study.best_params, study.best_trial.user_attrs["lineage"]["mutation"])
 
     Args:
         population_size: P, the number of most recently finished trials kept (>= 2).
@@ -193,7 +202,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 return {}
             names, space = ordered_space(search_space, self._constraints)
             if not names:  # nothing finished yet: every param is drawn in sample_independent
-                self._write_lineage(study, trial, {"origin": "random", "dedup_retries": 0}, None, "random")
+                self._write_lineage(study, trial, {"origin": "random", "dedup_retries": 0}, "random")
                 return {}
             trials = self._sync(study, tuple(sorted(names)))
             get = _getter(trials)
@@ -205,7 +214,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
                     lambda: sample_joint_random(space, names, self._constraints, rng), evaluated, names
                 )
                 record = {"origin": "random", "finished": len(order), "dedup_retries": tries}
-                self._write_lineage(study, trial, record, None, "random")
+                self._write_lineage(study, trial, record, "random")
                 return child
             population = [get(num) for _, num in order[-self._population_size :]]
             scores = _scores(population, study.directions, [penalty(t) for t in population])
@@ -224,7 +233,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 repairs = self._repair(base, names, space, 0, _MISSING, rng)
                 record.update(origin="identity", repairs=repairs, dedup_retries=0)
                 child = dict(base)
-                self._write_lineage(study, trial, record, parent.number, "identity")
+                self._write_lineage(study, trial, record, "identity")
                 return child
             self._repair(base, names, space, 0, _MISSING, rng)  # a foreign parent may violate constraints
             result: dict[str, Any] = {}
@@ -237,7 +246,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
             child, tries = self._dedup_loop(make, evaluated, names)
             mutation = result["mutation"]
             record.update(origin="mutation", dedup_retries=tries, **(mutation or {"param": None}))
-            self._write_lineage(study, trial, record, parent.number, _describe(mutation))
+            self._write_lineage(study, trial, record, _describe(mutation))
             return child
 
     def sample_independent(
@@ -261,7 +270,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         if "fixed_params" in trial.system_attrs:  # enqueued: may never reach sample_relative
-            self._write_lineage(study, trial, {"origin": "enqueued"}, None, "enqueued")
+            self._write_lineage(study, trial, {"origin": "enqueued"}, "enqueued")
         if self._independent_sampler is not None:
             self._independent_sampler.before_trial(study, trial)
 
@@ -372,14 +381,47 @@ class AgingEvolutionSampler(StorageBackedSampler):
             return self._finished_keys
         return self._finished_keys | pending
 
-    def _write_lineage(
-        self, study: Study, trial: FrozenTrial, record: dict[str, Any], parent: int | None, text: str
-    ) -> None:
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, LINEAGE_KEY, record)
-        if parent is not None:
-            storage.set_trial_user_attr(trial._trial_id, "parent_trial", int(parent))
-        storage.set_trial_user_attr(trial._trial_id, "mutation", text)
+    def _write_lineage(self, study: Study, trial: FrozenTrial, record: dict[str, Any], text: str) -> None:
+        """The whole record in one user attr: one commit per trial on an RDB, not three. The
+        mutation text, parent and origin come first: optuna-dashboard shows the first 1024
+        characters of the record's JSON."""
+        head = {"mutation": text, **{k: record[k] for k in ("parent", "origin") if k in record}}
+        study._storage.set_trial_user_attr(trial._trial_id, LINEAGE_ATTR, {**head, **record})
+
+
+def lineage_record(
+    user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """A trial's lineage record (see :data:`LINEAGE_ATTR`), ``None`` when it has none.
+
+    Studies written before the single attr are read too: the record then comes from the
+    system attr ``"evolution:lineage"`` (when ``system_attrs`` is given) and the user attrs
+    ``parent_trial`` and ``mutation``, in the same shape.
+    """
+    rec = user_attrs.get(LINEAGE_ATTR)
+    if isinstance(rec, Mapping):
+        return dict(rec)
+    legacy = (system_attrs or {}).get(LEGACY_LINEAGE_KEY)
+    out = dict(legacy) if isinstance(legacy, Mapping) else {}
+    if "mutation" in user_attrs:
+        out["mutation"] = user_attrs["mutation"]
+    if "parent_trial" in user_attrs:
+        out["parent"] = user_attrs["parent_trial"]
+    return out or None
+
+
+def parent_of(user_attrs: Mapping[str, Any]) -> int | None:
+    """The parent trial number of an evolution child (``None``: random, enqueued, not evolution)."""
+    rec = user_attrs.get(LINEAGE_ATTR)
+    parent = rec.get("parent") if isinstance(rec, Mapping) else user_attrs.get("parent_trial")
+    return parent if isinstance(parent, int) and not isinstance(parent, bool) else None
+
+
+def mutation_of(user_attrs: Mapping[str, Any], default: str | None = None) -> str | None:
+    """The mutation text of a trial (``"cell3.op: sum -> global_pool"``, ``"random"``, ...)."""
+    rec = user_attrs.get(LINEAGE_ATTR)
+    text = rec.get("mutation") if isinstance(rec, Mapping) else user_attrs.get("mutation")
+    return default if text is None else str(text)
 
 
 def _same(a: Any, b: Any) -> bool:
