@@ -274,7 +274,7 @@ class Objective:
             if self.latency is not None:
                 warmup, runs = self.latency
                 measured.update(self.task.latency(spec, warmup=warmup, runs=runs))  # type: ignore[attr-defined]
-            record.write_metrics(trial, measured)
+            written = record.write_metrics(trial, measured)  # before training: a pruned trial keeps its costs
             for name, value in self.budgets.constraints(measured).items():  # what samplers read (Optuna 5)
                 trial.set_constraint(name, value)
             over = self.budgets.reasons(measured)
@@ -285,7 +285,7 @@ class Objective:
         except self.failures as exc:
             trial.set_user_attr(record.FAIL_REASON, str(exc) or type(exc).__name__)
             raise
-        record.write_metrics(trial, metrics)
+        record.write_metrics(trial, metrics, written)  # the training's metrics; the costs are not written twice
         return record.study_values(metrics, self.value_names)
 
 

@@ -75,10 +75,17 @@ def user_attrs(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
-def write_metrics(trial: Any, metrics: Mapping[str, Any]) -> None:
-    """Record ``metrics`` on ``trial`` (an ``optuna.Trial``) as typed user attrs."""
-    for key, value in user_attrs(metrics).items():
-        trial.set_user_attr(key, value)
+def write_metrics(trial: Any, metrics: Mapping[str, Any], written: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record ``metrics`` on ``trial`` (an ``optuna.Trial``) as typed user attrs; return them.
+
+    ``written``: attrs this trial already has (what an earlier call returned); those with an
+    equal value are not written again (each user attr is one commit on an RDB storage).
+    """
+    attrs = user_attrs(metrics)
+    for key, value in attrs.items():
+        if written is None or key not in written or written[key] != value or type(written[key]) is not type(value):
+            trial.set_user_attr(key, value)
+    return attrs
 
 
 def directions(value_names: Sequence[str]) -> list[str]:

@@ -104,3 +104,35 @@ def test_study_values_and_directions() -> None:
         record.study_values({"ap": 0.25}, ("ap", "neck_flops"))
     with pytest.raises(ValueError, match="cannot optimise"):
         record.directions(("speed",))
+
+
+class _CostlyTask:
+    """Costs before training, and an evaluation that returns (some of) them again, as tasks may."""
+
+    def prepare(self) -> None:
+        pass
+
+    def costs(self, spec: ArchSpec) -> dict[str, int]:
+        return {"neck_params": 10, "neck_flops": 20, "total_flops": 30}
+
+    def evaluate(self, spec: ArchSpec, reporter: Any = None) -> dict[str, Any]:
+        return {"ap": 0.5, "neck_params": 10, "total_flops": 31, "train_seconds": 1.0}
+
+
+def test_a_trial_writes_each_user_attr_once() -> None:
+    """Every user attr is one commit on an RDB: the costs written before training are not written again."""
+    from evo_fpn.objective import Objective
+    from evo_fpn.space import NasFpnSpace
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    writes: list[str] = []
+    real = study._storage.set_trial_user_attr
+    study._storage.set_trial_user_attr = lambda tid, k, v: (writes.append(k), real(tid, k, v))[1]
+    study.optimize(Objective(space=NasFpnSpace(), task=_CostlyTask(), dedup=False), n_trials=1)
+    counts = {k: writes.count(k) for k in writes}
+    assert counts.pop("total_flops") == 2  # the evaluation changed it: written again, its value wins
+    assert set(counts.values()) == {1}, counts
+    attrs = study.trials[0].user_attrs
+    assert (
+        attrs["total_flops"] == 31 and attrs["neck_params"] == 10 and attrs["neck_flops"] == 20 and attrs["ap"] == 0.5
+    )
