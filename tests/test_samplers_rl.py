@@ -11,12 +11,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
 from evo_fpn.samplers import RLControllerSampler
-from evo_fpn.samplers.rl import SAMPLE_KEY
+from evo_fpn.samplers.rl import CHECKPOINT_KEY, SAMPLE_KEY
 from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -306,3 +307,86 @@ def test_argument_checks() -> None:
     ):
         with pytest.raises(ValueError):
             RLControllerSampler(**kw)
+
+
+def _same_state(a: RLControllerSampler, b: RLControllerSampler) -> None:
+    assert a._n_updates == b._n_updates and a.policy_digest() == b.policy_digest() and a._stats == b._stats
+    oa, ob = a._optim.state_dict(), b._optim.state_dict()
+    assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
+    for k in oa["state"]:
+        for name, value in oa["state"][k].items():
+            assert torch.equal(value, ob["state"][k][name]), name
+
+
+def _checkpoints(study: optuna.Study) -> dict:
+    return {
+        k: v for k, v in study._storage.get_study_system_attrs(study._study_id).items() if k.startswith(CHECKPOINT_KEY)
+    }
+
+
+def test_joining_worker_starts_from_the_stored_checkpoint_as_a_full_replay(scratch: Path) -> None:
+    url = f"sqlite:///{scratch}/join.db"
+    kw = {"constraints": SPACE, "batch_size": 4, "store_every": 4}
+    study = optuna.create_study(storage=url, sampler=RLControllerSampler(seed=3, **kw), direction="maximize")
+    study.optimize(nas_objective, n_trials=60)  # 59 finished at the last sample: 14 updates, stored at 4, 8, 12
+    (rec,) = _checkpoints(study).values()
+    assert rec["n_updates"] == 12
+    joiner = RLControllerSampler(seed=3, **kw)
+    assert joiner.sync(optuna.load_study(study_name=study.study_name, storage=url)) == 15
+    assert joiner._restored == 12  # loaded, then replayed 3 updates
+    full = RLControllerSampler(seed=3, **{**kw, "store_every": 0})
+    full.sync(study)
+    assert full._restored is None
+    _same_state(joiner, full)
+    # both continue the same: the joiner on the study, the full replay on a copy of it
+    copy = optuna.create_study(direction="maximize", sampler=full)
+    copy.add_trials(study.trials)
+    study.sampler = joiner
+    study.optimize(nas_objective, n_trials=9)
+    copy.optimize(nas_objective, n_trials=9)
+    assert [t.params for t in study.trials] == [t.params for t in copy.trials]
+    assert [t.system_attrs[SAMPLE_KEY] for t in study.trials[60:]] == [
+        t.system_attrs[SAMPLE_KEY] for t in copy.trials[60:]
+    ]
+    _same_state(joiner, full)
+
+
+def test_corrupt_or_mismatched_checkpoint_means_a_full_replay() -> None:
+    kw = {"constraints": SPACE, "batch_size": 4, "store_every": 3}
+    study, _ = run_nas(30, seed=1, batch_size=4, store_every=3)
+    ((key, rec),) = _checkpoints(study).items()
+    full = RLControllerSampler(**{**kw, "store_every": 0})
+    full.sync(study)
+    ok = RLControllerSampler(**kw)
+    ok.sync(study)
+    assert ok._restored == rec["n_updates"] == 6
+    _same_state(ok, full)
+    for bad in (
+        {**rec, "state": rec["state"][: len(rec["state"]) // 2]},  # truncated
+        {**rec, "state": "not base64!"},
+        {**rec, "history": "0" * 64},  # another history (e.g. a late trial moved the order)
+        {**rec, "n_updates": 10**6},
+        {**rec, "format": 0},
+        "garbage",
+    ):
+        study._storage.set_study_system_attr(study._study_id, key, bad)
+        s = RLControllerSampler(**kw)
+        s.sync(study)
+        assert s._restored == 0, bad if isinstance(bad, str) else {k: str(v)[:20] for k, v in bad.items()}
+        _same_state(s, full)
+    other = RLControllerSampler(**{**kw, "lr": 0.02})  # other settings: another key, not found
+    other.sync(study)
+    assert other._restored == 0
+
+
+def test_checkpoint_is_written_once_every_store_every_updates() -> None:
+    study = optuna.create_study(direction="maximize", sampler=RLControllerSampler(batch_size=2, store_every=5))
+    writes: list[int] = []
+    real = study._storage.set_study_system_attr
+    study._storage.set_study_system_attr = lambda sid, k, v: (writes.append(v["n_updates"]), real(sid, k, v))[1]
+    study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=45)
+    assert writes == [5, 10, 15, 20]  # 44 finished at the last sample: 22 updates
+    second = RLControllerSampler(batch_size=2, store_every=5)  # a second worker: the stored one is as recent
+    study.sampler = second
+    study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=1)
+    assert second._restored == 20 and writes == [5, 10, 15, 20]

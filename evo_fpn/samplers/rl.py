@@ -6,9 +6,11 @@ categorical decisions one by one, each from its own softmax, and is trained on t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import hashlib
+import io
 import math
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,13 @@ from evo_fpn.samplers.constraints import ChoiceConstraints, _contains, allowed_v
 
 SAMPLE_KEY = "rl:sample"
 """Trial system attr: ``{"sig", "version", "actions", "logp"}`` written while the trial runs."""
+
+CHECKPOINT_KEY = "rl:checkpoint"
+"""Study system attr prefix (``"rl:checkpoint:<settings digest>"``) of the stored policy checkpoint:
+``{"format", "settings", "n_updates", "history", "state"}``, ``state`` the base64 of a
+``torch.save`` of the policy, Adam and running-stats state after ``n_updates`` updates, and
+``history`` the digest of the finished trials those updates consumed."""
+_CHECKPOINT_FORMAT = 1
 
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 _ALGORITHMS = ("ppo", "reinforce")
@@ -144,8 +153,16 @@ class RLControllerSampler(StorageBackedSampler):
     **Many workers, resume.** The policy is a deterministic function of the study's finished
     trials in completion order: it starts from ``policy_seed`` (the same in every worker,
     independent of ``seed``) and is updated batch by batch, on one CPU thread, in float32.
-    Each process replays the history once, then updates incrementally; a trial that shows up
-    late in the order (clock skew, a slow write) rewinds to a cached checkpoint and replays.
+    Each process catches up with the history once, then updates incrementally; a trial that
+    shows up late in the order (clock skew, a slow write) rewinds to a cached checkpoint and
+    replays. So that a worker joining a long study does not replay every update (about 23 ms
+    each), the policy, Adam and running-stats state is stored in the study every
+    ``store_every`` updates (one study system attr, ``"rl:checkpoint:<settings digest>"``,
+    overwritten; skipped when another worker already stored as recent a one). A new process
+    loads it only when its settings, decision signature and the digest of the finished trials
+    it covers (numbers, states, values, constraint penalties in completion order) match what
+    the storage says now, then replays the updates after it: the policy is the same as after a
+    full replay, bit for bit. A missing, corrupt or mismatched checkpoint means a full replay.
     While a trial runs, its actions, per-decision log-probabilities and the policy version
     are stored in the trial system attr ``"rl:sample"``. Sampling randomness of trial ``n``
     comes from ``(seed, n)``.
@@ -183,6 +200,9 @@ class RLControllerSampler(StorageBackedSampler):
         policy_seed: seed of the policy's initial weights (keep it equal in all workers).
         checkpoint_every: keep an in-process checkpoint every this many updates (for rewinds;
             the initial policy and the 8 most recent are kept).
+        store_every: store a checkpoint in the study every this many updates, for workers
+            that join later (one write of ~0.5 MB per ``store_every x batch_size`` trials);
+            ``0``: never store nor load one.
         independent_sampler: sampler for non-decision params; ``None``: built-in random.
         cost_target, cost_weight: the MnasNet reward of two-objective studies (``cost_target``
             is required for them and refused for one objective).
@@ -200,6 +220,8 @@ class RLControllerSampler(StorageBackedSampler):
         "_stats",
         "_n_updates",
         "_checkpoints",
+        "_stored",
+        "_restored",
     )
 
     def __init__(
@@ -219,6 +241,7 @@ class RLControllerSampler(StorageBackedSampler):
         max_grad_norm: float = 1.0,
         policy_seed: int = 0,
         checkpoint_every: int = 16,
+        store_every: int = 50,
         independent_sampler: BaseSampler | None = None,
         cost_target: float | None = None,
         cost_weight: float = -0.07,
@@ -238,6 +261,8 @@ class RLControllerSampler(StorageBackedSampler):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(store_every, int) or isinstance(store_every, bool) or store_every < 0:
+            raise ValueError(f"store_every must be an int >= 0, got {store_every!r}")
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {', '.join(_ALGORITHMS)}, got {algorithm!r}")
         if not float(lr) > 0:
@@ -264,6 +289,7 @@ class RLControllerSampler(StorageBackedSampler):
         self._max_grad_norm = float(max_grad_norm)
         self._policy_seed = int(policy_seed)
         self._checkpoint_every = checkpoint_every
+        self._store_every = store_every
         self._init_common(seed=seed, constraints=constraints, independent_sampler=independent_sampler)
 
     # -- state rebuilt from the storage ---------------------------------------------------
@@ -279,6 +305,8 @@ class RLControllerSampler(StorageBackedSampler):
         self._stats: dict[str, Any] = {}
         self._n_updates = 0
         self._checkpoints: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+        self._stored = 0  # updates covered by the newest checkpoint known to be in the study
+        self._restored: int | None = None  # updates loaded from the study's checkpoint (None: none loaded)
 
     # -- public helpers ---------------------------------------------------------------------
     def sync(self, study: Study) -> int:
@@ -442,6 +470,8 @@ class RLControllerSampler(StorageBackedSampler):
         self._n_updates = 0
         self._checkpoints = []
         self._save_checkpoint()
+        self._stored = 0
+        self._restored = None
 
     def _save_checkpoint(self) -> None:
         assert self._policy is not None and self._optim is not None
@@ -488,10 +518,15 @@ class RLControllerSampler(StorageBackedSampler):
             first = min(pos for pos, _ in kept)
             if first < self._n_updates * self._batch_size:
                 self._rewind(first // self._batch_size)
+                self._stored = min(self._stored, self._n_updates)  # the stored one may now be stale
         b = self._batch_size
         if (self._n_updates + 1) * b > len(order):
             return
         by_number = _getter(trials)
+        if self._n_updates == 0 and self._restored is None and self._store_every and len(order) >= 2 * b:
+            self._restore(study, order, by_number)  # a fresh policy behind a long history: try the stored one
+            if (self._n_updates + 1) * b > len(order):
+                return
         sign = -1.0 if study.directions[0] == StudyDirection.MINIMIZE and len(study.directions) == 1 else 1.0
         with _deterministic_torch():
             while (self._n_updates + 1) * b <= len(order):
@@ -501,6 +536,101 @@ class RLControllerSampler(StorageBackedSampler):
                 if self._n_updates % self._checkpoint_every == 0:
                     self._save_checkpoint()
             self._np = self._policy.numpy_weights()
+        if self._store_every and self._n_updates >= self._stored + self._store_every:
+            self._store(study, order, by_number)
+
+    # -- checkpoints in the study (for workers that join later) ---------------------------
+    def _settings_digest(self) -> str:
+        """Everything besides the history that the policy depends on (torch: float results)."""
+        c = self._constraints
+        settings = (
+            _CHECKPOINT_FORMAT,
+            self._sig,
+            repr(self._decisions),
+            None if c is None else f"{type(c).__module__}.{type(c).__qualname__}",
+            self._hidden_size,
+            self._embedding_size,
+            self._lr,
+            self._batch_size,
+            self._algorithm,
+            self._entropy_weight,
+            self._baseline_decay,
+            self._ppo_clip,
+            self._ppo_epochs,
+            self._max_grad_norm,
+            self._policy_seed,
+            self._cost_target,
+            self._cost_weight,
+            torch.__version__,
+        )
+        return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+
+    def _history_digest(self, order: Sequence[tuple[Any, int]], by_number: Any, n_updates: int) -> str:
+        """Digest of the finished trials the first ``n_updates`` updates consumed, in order."""
+        h = hashlib.sha256()
+        for _, num in order[: n_updates * self._batch_size]:
+            t = by_number(num)
+            h.update(repr((num, t.state.name, t.values, penalty(t))).encode())
+        return h.hexdigest()
+
+    def _stored_checkpoint(self, study: Study) -> dict[str, Any] | None:
+        rec = study._storage.get_study_system_attrs(study._study_id).get(f"{CHECKPOINT_KEY}:{self._settings_digest()}")
+        return rec if isinstance(rec, dict) else None
+
+    def _restore(self, study: Study, order: Sequence[tuple[Any, int]], by_number: Any) -> None:
+        """Load the study's checkpoint when it matches the settings and the history; else keep
+        the fresh policy (a full replay follows)."""
+        self._restored = 0
+        try:
+            rec = self._stored_checkpoint(study)
+            if rec is None:
+                return
+            n = rec.get("n_updates")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n * self._batch_size > len(order):
+                return
+            if rec.get("format") != _CHECKPOINT_FORMAT or rec.get("settings") != self._settings_digest():
+                return
+            if rec.get("history") != self._history_digest(order, by_number, n):
+                return
+            state = torch.load(io.BytesIO(base64.b64decode(rec["state"], validate=True)), weights_only=True)
+            policy = copy.deepcopy(self._policy)
+            assert policy is not None
+            policy.load_state_dict(state["policy"])
+            optim = torch.optim.Adam(policy.parameters(), lr=self._lr)
+            optim.load_state_dict(state["optim"])
+            stats = {k: (None if state["stats"][k] is None else float(state["stats"][k])) for k in self._stats}
+        except Exception:  # noqa: BLE001 - corrupt, truncated, foreign: the full replay is always right
+            return
+        self._policy, self._optim, self._stats = policy, optim, stats
+        self._n_updates = n
+        self._np = policy.numpy_weights()
+        self._save_checkpoint()
+        self._stored = self._restored = n
+
+    def _store(self, study: Study, order: Sequence[tuple[Any, int]], by_number: Any) -> None:
+        """Write the current state to the study, unless as recent a consistent one is there."""
+        assert self._policy is not None and self._optim is not None
+        n = self._n_updates
+        key = f"{CHECKPOINT_KEY}:{self._settings_digest()}"
+        rec = self._stored_checkpoint(study)
+        m = rec.get("n_updates") if rec is not None else None
+        if isinstance(m, int) and m >= n:
+            # Another worker stored as recent a one: keep it if it is consistent with what we
+            # see, or if it covers trials we do not see finished yet (it is likely the newer).
+            if m * self._batch_size > len(order) or rec.get("history") == self._history_digest(order, by_number, m):
+                self._stored = n
+                return
+        buf = io.BytesIO()
+        torch.save({"policy": self._policy.state_dict(), "optim": self._optim.state_dict(), "stats": self._stats}, buf)
+        value = {
+            "format": _CHECKPOINT_FORMAT,
+            "settings": self._settings_digest(),
+            "n_updates": n,
+            "history": self._history_digest(order, by_number, n),
+            "state": base64.b64encode(buf.getvalue()).decode("ascii"),
+        }
+        study._storage.set_study_system_attr(study._study_id, key, value)
+        self._stored = n
 
     def _encode(self, t: FrozenTrial) -> tuple[list[int], list[list[bool]], float | None] | None:
         """A finished trial's actions, masks and stored log-prob; None if it is not a sample."""
