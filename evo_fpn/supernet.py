@@ -40,6 +40,7 @@ from evo_fpn.errors import TrialFailed, UsageError
 from evo_fpn.evaluate import coco_ap
 from evo_fpn.features import FeatureStore, build_once
 from evo_fpn.neck import NasFpn, NormFactory
+from evo_fpn.objective import worker_id
 from evo_fpn.proxy import ProxyTask
 from evo_fpn.proxy_config import ProxyConfig
 from evo_fpn.record import Reporter
@@ -60,7 +61,9 @@ class SupernetConfig:
     through its choices in shuffled rounds, FairNAS); ``recal_batches``: training batches that
     re-estimate a trial's BatchNorm statistics (0: keep the supernet's running averages);
     ``checkpoints``: also keep the weights after this many evenly spaced fractions of the
-    training (for the benchmark's curve of fidelity against training length).
+    training (for the benchmark's curve of fidelity against training length);
+    ``finetune_steps``: optimiser steps that train a trial's wiring alone, starting from the
+    shared weights, before it is scored (0: none; each step costs about what a proxy trial's does).
     """
 
     epochs: float = 48.0
@@ -68,6 +71,7 @@ class SupernetConfig:
     recal_batches: int = 20
     seed: int = 0
     checkpoints: int = 3
+    finetune_steps: int = 0
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -78,6 +82,8 @@ class SupernetConfig:
             raise ValueError(f"recal_batches must be >= 0, got {self.recal_batches}")
         if not 1 <= self.checkpoints <= 10:
             raise ValueError(f"checkpoints must lie in 1..10, got {self.checkpoints}")
+        if self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,9 +104,11 @@ class SupernetConfig:
         return dataclasses.replace(self, **changes)
 
     def training(self) -> dict[str, Any]:
-        """The fields the trained weights depend on (``recal_batches`` only changes scoring)."""
+        """The fields the trained weights depend on (the scoring settings ``recal_batches`` and
+        ``finetune_steps`` do not retrain them)."""
         d = self.to_dict()
-        d.pop("recal_batches")
+        for scoring in ("recal_batches", "finetune_steps"):
+            d.pop(scoring)
         return d
 
 
@@ -252,6 +260,7 @@ def train_supernet(
         "last_loss": facts["last_loss"],
         "threads": torch.get_num_threads() if store.device.type == "cpu" else 0,
         "device": str(store.device),
+        "trained_by": worker_id(),  # which worker of a shared cache paid for it
     }
     return {"checkpoints": checkpoints, "meta": meta}
 
@@ -352,8 +361,8 @@ class SupernetTask:
         return self.proxy.latency(spec, **settings)
 
     def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
-        """Score ``spec`` with the shared weights: restore the trained state, wire, re-estimate
-        BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
+        """Score ``spec`` with the shared weights: restore the trained state, wire, fine-tune
+        (if asked), re-estimate BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
         supernet cannot wire (another cell count or level range)."""
         self.prepare()
         assert self.model is not None and self.store.train is not None and self.store.val is not None
@@ -368,6 +377,14 @@ class SupernetTask:
         except ValueError as exc:
             raise TrialFailed(str(exc)) from None
         model.load_state_dict(self._state)
+        steps = self.supernet.finetune_steps
+        if steps:
+            per_epoch = max(1, len(self.store.train) // self.config.batch_size)
+            train_detector(
+                model, self.store.train, config=self.config, epochs=steps / per_epoch, device=self.store.device,
+                seed=self.config.seed, progress=False, desc="fine-tune",
+            )  # fmt: skip
+        tf = time.perf_counter()
         recal = self.supernet.recal_batches
         recalibrate_norms(model, self.store.train, batches=recal, config=self.config, device=self.store.device)
         t1 = time.perf_counter()
@@ -379,7 +396,8 @@ class SupernetTask:
         metrics.update(
             train_seconds=0.0,
             eval_seconds=t2 - t0,
-            recal_seconds=t1 - t0,
+            finetune_seconds=tf - t0,
+            recal_seconds=t1 - tf,
             threads=torch.get_num_threads() if self.store.device.type == "cpu" else 0,
         )
         if reporter is not None:

@@ -169,3 +169,40 @@ def test_cells_settings_run_only_where_they_change_the_network() -> None:
     assert applies("torchvision_fpn", "fpn_batch") and not applies("published", "fpn_batch")
     for setting in ("none", "repeats3", "anytime", "bn_recal"):  # torchvision's FPN: no norm, no repeats
         assert not applies("torchvision_fpn", setting) and applies("published", setting)
+
+
+def test_supernet_report_ranks_each_lever_against_the_recorded_proxy_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scipy.stats import kendalltau
+
+    from benchmarks import bench_supernet as bs
+    from benchmarks.bench_proxy import seed_config
+
+    monkeypatch.setattr(bs, "RECORDS", tmp_path)
+    names = list(bs.space_archs())[:6]
+    seed0, seed1 = [0.10, 0.30, 0.20, 0.40, 0.25, 0.35], [0.12, 0.28, 0.22, 0.41, 0.20, 0.30]
+    fingerprint = seed_config(PRESETS["default"]).fingerprint()
+    with (tmp_path / "proxy_trials.jsonl").open("w") as f:
+        for i, n in enumerate(names):
+            f.write(json.dumps({"fingerprint": fingerprint, "arch": n, "seed": 0, "ap": seed0[i]}) + "\n")
+            if i < 5:  # the last architecture lacks seed 1: in the seed-0 column only
+                f.write(json.dumps({"fingerprint": fingerprint, "arch": n, "seed": 1, "ap": seed1[i]}) + "\n")
+    key, recal, finetune = bs.scoring(bs.lever_task("default", progress=False))
+    supernet_ap = [0.01, 0.05, 0.02, 0.04, 0.03, 0.06]
+    records = tmp_path / "supernet.jsonl"
+    with records.open("w") as f:
+        for i, n in enumerate(names):
+            rec = {"lever": "default", "supernet_key": key, "recal_batches": recal, "finetune_steps": finetune,
+                   "checkpoint": "48", "supernet_seconds": 600.0, "arch": n, "ap": supernet_ap[i],
+                   "eval_seconds": 2.0 + i}  # fmt: skip
+            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps({**rec, "recal_batches": recal + 1, "ap": 0.9}) + "\n")  # scored otherwise: not shown
+    assert bs.main(["--report", "--json", "--records", str(records)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    mean = [(a + b) / 2 for a, b in zip(seed0[:5], seed1[:5], strict=True)]
+    assert row["lever"] == "default" and row["archs"] == 6 and row["n_proxy"] == 5 and row["n_seed0"] == 6
+    assert row["tau_proxy"] == pytest.approx(kendalltau(supernet_ap[:5], mean).statistic)
+    assert row["tau_seed0"] == pytest.approx(kendalltau(supernet_ap, seed0).statistic)
+    assert row["seconds_per_trial"] == 4.5 and row["supernet_minutes"] == 10.0 and row["tau_reference"] is None
+    assert bs.seed_agreement() == {"tau_seed0_seed1": pytest.approx(kendalltau(seed0[:5], seed1[:5]).statistic), "n": 5}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -90,6 +93,7 @@ def test_fair_sampling_trains_every_choice_of_a_decision_equally_often() -> None
         ({"epochs": 0}, "epochs must be > 0"),
         ({"sampling": "greedy"}, "sampling must be one of uniform, fair"),
         ({"recal_batches": -1}, "recal_batches must be >= 0"),
+        ({"finetune_steps": -2}, "finetune_steps must be >= 0"),
         ({"epcohs": 2}, "unknown supernet setting 'epcohs'"),
     ],
 )
@@ -163,6 +167,21 @@ def test_the_supernet_is_trained_once_and_keyed_by_what_its_weights_depend_on(ta
     assert 0.0 <= early <= 1.0
 
 
+def test_a_fine_tuned_trial_starts_from_the_shared_weights_and_leaves_them_as_they_were(task: SupernetTask) -> None:
+    tuned = SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(finetune_steps=3), progress=False, store=task.store)
+    assert tuned.key() == task.key()  # a scoring setting: the same trained supernet
+    tuned.prepare()
+    shared = {k: v.clone() for k, v in tuned._state.items()}
+    first = tuned.evaluate(PUBLISHED_NASFPN)
+    assert tuned.model is not None and first["finetune_seconds"] > 0
+    moved = tuned.model.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in shared.items())  # the fine-tune trained the wiring
+    tuned.evaluate(FPN_LIKE)
+    assert tuned.evaluate(PUBLISHED_NASFPN)["ap"] == first["ap"]  # each trial starts from the shared weights
+    assert all(torch.equal(tuned._state[k], v) for k, v in shared.items())
+    assert task.evaluate(PUBLISHED_NASFPN)["finetune_seconds"] < first["finetune_seconds"]
+
+
 def test_an_architecture_the_supernet_cannot_wire_fails_the_trial_only(task: SupernetTask) -> None:
     with pytest.raises(TrialFailed, match="not 'torchvision_fpn'"):
         task.evaluate("torchvision_fpn")  # type: ignore[arg-type]
@@ -196,3 +215,41 @@ def test_a_study_runs_on_the_supernet_objective(
     (tmp_path / "bad.toml").write_text('objective = "supernet"\n[supernet]\nsampling = "greedy"\n')
     assert main(["--study", "bad.toml", "--no-progress"]) == 2
     assert not (tmp_path / "studies" / "bad.db").exists()
+
+
+@pytest.mark.slow  # ~50 s: two workers build the features and the supernet
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_train_the_supernet_once_and_both_score_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    cache = tmp_path / "cache"  # fresh: the backbone features and the supernet are built by the workers
+    monkeypatch.setenv("EVO_FPN_CACHE", str(cache))
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    fields = {k: v for k, v in TINY.to_dict().items() if v != ProxyConfig().to_dict()[k]}
+    proxy = "\n".join(f"{k} = {v!r}" for k, v in fields.items())
+    (tmp_path / "shared.toml").write_text(
+        f'objective = "supernet"\npreset = "default"\nn_trials = 6\n[sampler]\nname = "random"\n'
+        f"[proxy]\n{proxy}\nseeds = 1\n[supernet]\nepochs = 2.0\nrecal_batches = 2\ncheckpoints = 2\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["--study", "shared.toml", "--storage", pg_url, "--device", "cpu", "--threads", "1", "--no-progress"]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "evo_fpn.run", *args, "--worker-index", str(i)], cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in (0, 1)
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    files = sorted(cache.glob("supernet-*.pt"))
+    assert len(files) == 1  # one supernet for the two workers
+    blob = torch.load(files[0], map_location="cpu", weights_only=True)
+    study = optuna.load_study(study_name="shared", storage=pg_url)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 6
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2 and blob["meta"]["trained_by"] in workers  # one of them trained it, both scored
+    task = SupernetTask(TINY, SpaceConfig(), TINY_NET, device="cpu", progress=False, cache_dir=cache).prepare()
+    assert task.cache_path() == files[0]
+    for t in trials:
+        assert t.value == task.evaluate(ArchSpec.from_json(t.user_attrs[record.SPEC]))["ap"]
