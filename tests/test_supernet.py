@@ -190,18 +190,24 @@ def test_an_architecture_the_supernet_cannot_wire_fails_the_trial_only(task: Sup
         task.evaluate(small)
 
 
+def tiny_study(n_trials: int) -> str:
+    """A study file on the supernet objective with the TINY proxy and the TINY_NET supernet."""
+    fields = {k: v for k, v in TINY.to_dict().items() if v != ProxyConfig().to_dict()[k]}
+    proxy = "\n".join(f"{k} = {v!r}" for k, v in fields.items())
+    net = "\n".join(f"{k} = {v!r}" for k, v in TINY_NET.to_dict().items())
+    return (
+        f'objective = "supernet"\npreset = "default"\nn_trials = {n_trials}\n[sampler]\nname = "random"\n'
+        f"[proxy]\n{proxy}\nseeds = 1\n[supernet]\n{net}\n"
+    )
+
+
 def test_a_study_runs_on_the_supernet_objective(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: SupernetTask
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
     monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    fields = {k: v for k, v in TINY.to_dict().items() if v != ProxyConfig().to_dict()[k]}
-    proxy = "\n".join(f"{k} = {v!r}" for k, v in fields.items())
-    (tmp_path / "one-shot.toml").write_text(
-        f'objective = "supernet"\npreset = "default"\nn_trials = 3\n[sampler]\nname = "random"\n'
-        f"[proxy]\n{proxy}\nseeds = 1\n[supernet]\nepochs = 2.0\nrecal_batches = 2\ncheckpoints = 2\n"
-    )
+    (tmp_path / "one-shot.toml").write_text(tiny_study(n_trials=3))
     assert main(["--study", "one-shot.toml", "--no-progress", "--device", "cpu", "--threads", "1"]) == 0
     study = optuna.load_study(study_name="one-shot", storage=f"sqlite:///{tmp_path / 'studies' / 'one-shot.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
@@ -225,12 +231,7 @@ def test_two_workers_on_postgresql_train_the_supernet_once_and_both_score_with_i
     cache = tmp_path / "cache"  # fresh: the backbone features and the supernet are built by the workers
     monkeypatch.setenv("EVO_FPN_CACHE", str(cache))
     monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    fields = {k: v for k, v in TINY.to_dict().items() if v != ProxyConfig().to_dict()[k]}
-    proxy = "\n".join(f"{k} = {v!r}" for k, v in fields.items())
-    (tmp_path / "shared.toml").write_text(
-        f'objective = "supernet"\npreset = "default"\nn_trials = 6\n[sampler]\nname = "random"\n'
-        f"[proxy]\n{proxy}\nseeds = 1\n[supernet]\nepochs = 2.0\nrecal_batches = 2\ncheckpoints = 2\n"
-    )
+    (tmp_path / "shared.toml").write_text(tiny_study(n_trials=6))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--study", "shared.toml", "--storage", pg_url, "--device", "cpu", "--threads", "1", "--no-progress"]
     procs = [
