@@ -33,7 +33,7 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from benchmarks.bench_fidelity import REFERENCES
-from benchmarks.bench_proxy import RECORDS, architectures, load_done, run_trials, seed_config, spec_json
+from benchmarks.bench_proxy import RECORDS, architectures, load_done, run_trials, seed_config
 from evo_fpn.proxy import PRESETS, ProxyTask
 from evo_fpn.space import SpaceConfig
 from evo_fpn.spec import ArchSpec
@@ -108,7 +108,7 @@ def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> N
                     "supernet_seconds": task.meta["seconds"],
                     "supernet_threads": task.meta["threads"],
                     "arch": name,
-                    "spec": spec_json(spec),
+                    "spec_hash": spec.canonical_hash(),  # the spec itself: bench_proxy.architectures(18)
                     **{
                         k: metrics[k]
                         for k in (
