@@ -4,7 +4,8 @@
     python -m benchmarks.bench_supernet --levers default,fair  # some levers only
     python -m benchmarks.bench_supernet --with-proxy           # also run missing stand-alone proxy seeds
     python -m benchmarks.bench_supernet --speed                # seconds a trial, interleaved with a proxy seed
-    python -m benchmarks.bench_supernet --report [--json]      # the table from the records, train nothing
+    python -m benchmarks.bench_supernet --throughput           # trials an hour: 2 runner workers side by side
+    python -m benchmarks.bench_supernet --report [--json|--markdown]  # the table from the records, train nothing
 
 The architectures are the 20 of the search space among ``bench_proxy``'s (published NAS-FPN,
 FPN-like and 18 seeded random points; torchvision's FPN is not in the space). The stand-alone
@@ -24,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -209,6 +212,25 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     )
 
 
+def print_markdown(rows: list[dict[str, Any]]) -> None:
+    def f(x: float | None, n: int) -> str:
+        return "–" if x is None else f"{x:.2f} ({n})"
+
+    print(
+        "| lever | supernet epochs | tau proxy, 2 seeds (n) | tau proxy seed 0 (n) | rho seed 0 | mean AP | s a trial |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for r in rows:
+        rho = "–" if r["rho_seed0"] is None else f"{r['rho_seed0']:.2f}"
+        print(
+            f"| `{r['lever']}` | {r['checkpoint_epochs']:g} | {f(r['tau_proxy'], r['n_proxy'])} | "
+            f"{f(r['tau_seed0'], r['n_seed0'])} | {rho} | {r['ap_mean']:.4f} | {r['seconds_per_trial']:.1f} |"
+        )
+    agree = seed_agreement()
+    tau = "–" if agree["tau_seed0_seed1"] is None else f"{agree['tau_seed0_seed1']:.2f}"
+    print(f"\nThe stand-alone proxy's seed 0 against its seed 1: tau {tau} over {agree['n']} architectures.")
+
+
 def speed(device: str, trials: int) -> dict[str, Any]:
     """Core-seconds per supernet trial (norm re-estimation and evaluation included) against a
     stand-alone default-preset trial, measured interleaved in one run: half the supernet trials,
@@ -254,16 +276,69 @@ def speed(device: str, trials: int) -> dict[str, Any]:
     return out
 
 
+def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
+    """Architectures scored an hour by ``workers`` runner processes side by side, as a user runs
+    them (``python -m evo_fpn.run --study screen``, each on its own SQLite study, so no storage is
+    shared): from the first trial's start to the last trial's end across all of them, sampler and
+    storage included, start-up (loading the features and the supernet) excluded and reported."""
+    import optuna
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "evo_fpn.run", "--study", "screen", "--no-progress",
+               "--n-trials", str(trials), "--threads", str(threads)]  # fmt: skip
+        t0 = time.time()
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--new-study", f"w{i}", "--storage", f"sqlite:///{tmp}/w{i}.db", "--seed", str(i + 1)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            for i in range(workers)
+        ]
+        for proc in procs:
+            _, err = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(f"a worker failed: {err.decode().strip().splitlines()[-1:]}")
+        runs = [
+            optuna.load_study(study_name=f"w{i}", storage=f"sqlite:///{tmp}/w{i}.db").get_trials(deepcopy=False)
+            for i in range(workers)
+        ]
+    done = [t for run in runs for t in run if t.state == optuna.trial.TrialState.COMPLETE]
+    first = min(t.datetime_start for t in done).timestamp()
+    span = max(t.datetime_complete for t in done).timestamp() - first
+    per = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    out = {
+        "workers": workers,
+        "threads": threads,
+        "trials": len(done),
+        "span_seconds": span,
+        "startup_seconds": first - t0,
+        "trial_seconds_median": statistics.median(per),
+        "eval_seconds_median": statistics.median(t.user_attrs["eval_seconds"] for t in done),
+        "trials_per_hour": len(done) * 3600 / span,
+    }
+    print(
+        f"{workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = {out['trials_per_hour']:.0f} "
+        f"an hour (a trial: median {out['trial_seconds_median']:.2f} s, of which evaluation "
+        f"{out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded)"
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--levers", default="default", help=f"comma-separated from {', '.join(LEVERS)}")
     p.add_argument("--with-proxy", action="store_true", help="first run the missing stand-alone proxy seeds")
     p.add_argument("--speed", action="store_true", help="time supernet trials against one proxy trial")
     p.add_argument("--speed-trials", type=int, default=20)
+    p.add_argument("--throughput", action="store_true", help="trials an hour of runner workers side by side")
+    p.add_argument("--workers", type=int, default=2, help="with --throughput: runner processes")
+    p.add_argument("--throughput-trials", type=int, default=40, help="with --throughput: trials a worker")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
     p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
+    p.add_argument("--markdown", action="store_true", help="with --report: the README's table")
     p.add_argument("--records", type=Path, default=SUPERNET_RECORDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     levers = [n.strip() for n in args.levers.split(",") if n.strip()]
@@ -276,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_proxy:
             jobs = [(n, a, s) for s in range(PROXY_SEEDS) for n, a in space_archs().items()]
             run_trials(PRESETS["default"], jobs, device=args.device, path=RECORDS / "proxy_trials.jsonl")
+        if args.throughput:
+            out = throughput(args.workers, args.throughput_trials, args.threads)
+            with (RECORDS / "supernet_speed.jsonl").open("a") as f:
+                f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "mode": "throughput", **out}) + "\n")
+            return 0
         if args.speed:
             out = speed(args.device, args.speed_trials)
             with (RECORDS / "supernet_speed.jsonl").open("a") as f:
@@ -285,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(load_records(args.records))
     if args.json:
         print(json.dumps(rows))
+    elif args.markdown:
+        print_markdown(rows)
     else:
         print_table(rows)
     return 0
