@@ -173,6 +173,10 @@ def summarize_noise(
     seed_aps = [done[(noise_arch, s)]["ap"] for s in range(trials * seeds) if (noise_arch, s) in done]
     spread = statistics.pstdev(ap.values()) if len(ap) >= 2 else float("nan")
     noise = statistics.stdev(trial_aps) if len(trial_aps) >= 2 else float("nan")
+    # every architecture's own seeds, pooled: a seed's noise from all of them, not from one
+    own = [[done[(n, s)]["ap"] for s in range(seeds)] for n in ap] if seeds >= 2 else []
+    pooled = statistics.fmean(statistics.variance(aps) for aps in own) ** 0.5 if own else float("nan")
+    pooled_trial = pooled / seeds**0.5  # the std of a mean of `seeds` independent seeds
     return {
         "ap_by_arch": ap,
         "noise_arch": noise_arch,
@@ -183,6 +187,9 @@ def summarize_noise(
         "seed_std": statistics.stdev(seed_aps) if len(seed_aps) >= 2 else float("nan"),
         "arch_std": spread,
         "snr": spread / noise if noise and noise == noise and noise > 0 else float("nan"),
+        "pooled_seed_std": pooled,
+        "pooled_trial_std": pooled_trial,
+        "snr_pooled": spread / pooled_trial if pooled_trial > 0 else float("nan"),
         "arch_range": (min(ap.values()), max(ap.values())) if ap else None,
     }
 
@@ -239,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             f"signal-to-noise {noise['snr']:.2f}",
             flush=True,
         )
+        if per >= 2:
+            print(
+                f"noise pooled over the {len(noise['ap_by_arch'])} architectures' own {per} seeds: a seed's std "
+                f"{noise['pooled_seed_std']:.4f}, a trial's {noise['pooled_trial_std']:.4f}; "
+                f"signal-to-noise {noise['snr_pooled']:.2f}",
+                flush=True,
+            )
     (RESULTS / f"bench_proxy_{args.preset}_{args.part}.json").write_text(json.dumps(summary, indent=2, default=str))
     return 0
 

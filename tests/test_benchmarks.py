@@ -104,6 +104,20 @@ def test_noise_scores_trials_as_the_mean_of_their_seeds() -> None:
     assert noise["ap_by_arch"] == {"a": pytest.approx(0.15)}  # b lacks seed 1
     assert noise["trial_std"] == pytest.approx(0.02**0.5 * 0.1)
     assert noise["seed_aps"] == [0.10, 0.20, 0.12, 0.14, 0.30]
+    # pooled over the architectures with both seeds (only "a"): var(0.10, 0.20) = 0.005
+    assert noise["pooled_seed_std"] == pytest.approx(0.005**0.5)
+    assert noise["pooled_trial_std"] == pytest.approx(0.005**0.5 / 2**0.5)
+
+
+def test_pooled_noise_and_its_signal_to_noise_come_from_every_architectures_own_seeds() -> None:
+    seed_ap = {("a", 0): 0.10, ("a", 1): 0.14, ("b", 0): 0.30, ("b", 1): 0.32, ("c", 0): 0.2}
+    done = {key: {"ap": ap} for key, ap in seed_ap.items()}
+    noise = summarize_noise(done, ["a", "b", "c"], "a", trials=1, seeds=2)
+    pooled = ((0.0008 + 0.0002) / 2) ** 0.5  # var(0.10, 0.14) = 0.0008, var(0.30, 0.32) = 0.0002
+    assert noise["pooled_seed_std"] == pytest.approx(pooled)
+    spread = 0.095  # pstdev of the means 0.12 and 0.31 ("c" lacks seed 1)
+    assert noise["arch_std"] == pytest.approx(spread)
+    assert noise["snr_pooled"] == pytest.approx(spread / (pooled / 2**0.5))
 
 
 def test_cells_report_prints_the_recorded_rows_as_one_json_list(
