@@ -8,6 +8,9 @@ architecture at a time (a :class:`~evo_fpn.neck.NasFpn` interpreter built on the
 device whose conv and norm modules are the shared ones), and :func:`train_supernet` trains
 them as Single Path One-Shot does (Guo et al. 2019): each step trains one architecture drawn
 from the space, uniformly or in FairNAS's rounds (each choice of each decision equally often).
+Few-shot NAS (Zhao et al. 2021) is one setting away (``split``): one sub-supernet per choice of
+one decision, each copied from the trained one-shot weights and trained further on its part of
+the space only, so fewer wirings compete for each copy; a trial is scored by its part's copy.
 
 A trial (:meth:`SupernetTask.evaluate`) wires the shared weights as its spec, restores the
 trained state (so no trial depends on the one before), re-estimates the BatchNorm statistics
@@ -63,7 +66,11 @@ class SupernetConfig:
     ``checkpoints``: also keep the weights after this many evenly spaced fractions of the
     training (for the benchmark's curve of fidelity against training length);
     ``finetune_steps``: optimiser steps that train a trial's wiring alone, starting from the
-    shared weights, before it is scored (0: none; each step costs about what a proxy trial's does).
+    shared weights, before it is scored (0: none; each step costs about what a proxy trial's does);
+    ``split``: a decision of the space (e.g. ``cell0.op``) that splits it into one sub-supernet
+    per choice (few-shot NAS; "": one-shot), each trained ``split_epochs`` more from the one-shot
+    supernet of the same settings (itself trained once and cached). The two split fields leave
+    the identity (:meth:`to_dict`) of a one-shot supernet as it was without them.
     """
 
     epochs: float = 48.0
@@ -72,6 +79,8 @@ class SupernetConfig:
     seed: int = 0
     checkpoints: int = 3
     finetune_steps: int = 0
+    split: str = ""
+    split_epochs: float = 8.0
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -84,9 +93,19 @@ class SupernetConfig:
             raise ValueError(f"checkpoints must lie in 1..10, got {self.checkpoints}")
         if self.finetune_steps < 0:
             raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+        if not self.split_epochs > 0:
+            raise ValueError(f"split_epochs must be > 0, got {self.split_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.split:  # one-shot: fingerprints and cache keys as before few-shot existed
+            d.pop("split")
+            d.pop("split_epochs")
+        return d
+
+    def one_shot(self) -> SupernetConfig:
+        """The one-shot supernet a few-shot one starts from (itself, if it is one)."""
+        return self.replace(split="", split_epochs=SupernetConfig.split_epochs)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SupernetConfig:
@@ -178,22 +197,34 @@ class SharedNeck(nn.Module):
         return self._active(features)
 
 
-def spec_sampler(space: NasFpnSpace, sampling: str, rng: random.Random) -> Callable[[], ArchSpec]:
+def spec_sampler(
+    space: NasFpnSpace, sampling: str, rng: random.Random, fixed: Mapping[str, Any] | None = None
+) -> Callable[[], ArchSpec]:
     """Draws the architecture of each training step: ``uniform`` (SPOS) or ``fair`` (each
     decision's choices once per shuffled round, FairNAS; the constraint repair of
-    :meth:`NasFpnSpace.decode` then moves a few of them)."""
-    if sampling == "uniform":
-        return lambda: space.sample(rng)
+    :meth:`NasFpnSpace.decode` then moves a few of them). ``fixed`` holds decisions at one
+    choice (a few-shot sub-supernet's part of the space); a draw that the repair moves out of
+    the part is drawn again."""
+    fixed = dict(fixed or {})
     rounds: dict[str, list[Any]] = {name: [] for name in space.distributions}
 
-    def draw() -> ArchSpec:
-        params = {}
+    def params() -> dict[str, Any]:
+        if sampling == "uniform":  # as NasFpnSpace.sample
+            return {name: rng.choice(d.choices) for name, d in space.distributions.items()}
+        out = {}
         for name, dist in space.distributions.items():
             if not rounds[name]:
                 rounds[name] = list(dist.choices)
                 rng.shuffle(rounds[name])
-            params[name] = rounds[name].pop()
-        return space.decode(params)
+            out[name] = rounds[name].pop()
+        return out
+
+    def draw() -> ArchSpec:
+        for _ in range(1000):
+            spec = space.decode({**params(), **fixed})
+            if not fixed or all(space.encode(spec)[k] == v for k, v in fixed.items()):
+                return spec
+        raise ValueError(f"no architecture of the space keeps {fixed} through the constraint repair")
 
     return draw
 
@@ -218,41 +249,52 @@ def train_supernet(
     supernet: SupernetConfig,
     *,
     progress: bool,
+    start: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train the shared weights on the store's training features, one sampled architecture
-    per step; return the state (and the checkpoints) as a blob for the cache."""
+    per step; return the state (and the checkpoints) as a blob for the cache. A few-shot
+    supernet (``supernet.split``) starts each sub-supernet from ``start``, the trained one-shot
+    state, and returns them as ``shots`` (by choice) beside it."""
     store.prepare()
     assert store.train is not None
     model = build_supernet(
         config, space, num_classes=store.num_classes, with_backbone=not store.cached, seed=supernet.seed
     ).to(store.device)
-    neck = model.neck
-    assert isinstance(neck, SharedNeck)
-    draw = spec_sampler(NasFpnSpace(space), supernet.sampling, random.Random(supernet.seed))
-    neck.use(draw())
-    total = total_steps(len(store.train), config.batch_size, supernet.epochs)
-    marks = {max(1, round(total * k / supernet.checkpoints)): k for k in range(1, supernet.checkpoints)}
+    nas_space = NasFpnSpace(space)
     checkpoints: dict[str, dict[str, Tensor]] = {}
-
-    def on_step(step: int) -> None:
-        if step in marks:
-            epochs = supernet.epochs * marks[step] / supernet.checkpoints
-            checkpoints[f"{epochs:g}"] = _cpu_state(model)
-        neck.use(draw())
-
+    shots: dict[str, dict[str, Tensor]] = {}
     t0 = time.perf_counter()
-    facts = train_detector(
-        model,
-        store.train,
-        config=config,
-        epochs=supernet.epochs,
-        device=store.device,
-        seed=supernet.seed,
-        progress=progress,
-        on_step=on_step,
-        desc="supernet (once)",
-    )
-    checkpoints[f"{supernet.epochs:g}"] = _cpu_state(model)
+    if supernet.split:
+        if start is None:
+            raise ValueError("a few-shot supernet starts from the trained one-shot state: pass start")
+        steps, first, last = 0, None, None
+        for i, choice in enumerate(nas_space.distributions[supernet.split].choices):
+            model.load_state_dict(start)
+            fixed = {supernet.split: choice}
+            draw = spec_sampler(nas_space, supernet.sampling, random.Random(supernet.seed + 1 + i), fixed)
+            facts = _train_wirings(
+                model, store, config, draw, epochs=supernet.split_epochs, seed=supernet.seed, progress=progress,
+                desc=f"sub-supernet {supernet.split}={choice}",
+            )  # fmt: skip
+            shots[str(choice)] = _cpu_state(model)
+            steps, first, last = steps + facts["steps"], first or facts["first_loss"], facts["last_loss"]
+        checkpoints[f"{supernet.epochs:g}"] = start
+        facts = {"steps": steps, "first_loss": first, "last_loss": last}
+    else:
+        total = total_steps(len(store.train), config.batch_size, supernet.epochs)
+        marks = {max(1, round(total * k / supernet.checkpoints)): k for k in range(1, supernet.checkpoints)}
+
+        def at(step: int) -> None:
+            if step in marks:
+                epochs = supernet.epochs * marks[step] / supernet.checkpoints
+                checkpoints[f"{epochs:g}"] = _cpu_state(model)
+
+        draw = spec_sampler(nas_space, supernet.sampling, random.Random(supernet.seed))
+        facts = _train_wirings(
+            model, store, config, draw, epochs=supernet.epochs, seed=supernet.seed, progress=progress,
+            desc="supernet (once)", at=at,
+        )  # fmt: skip
+        checkpoints[f"{supernet.epochs:g}"] = _cpu_state(model)
     meta = {
         "seconds": time.perf_counter() - t0,
         "steps": facts["steps"],
@@ -262,7 +304,35 @@ def train_supernet(
         "device": str(store.device),
         "trained_by": worker_id(),  # which worker of a shared cache paid for it
     }
-    return {"checkpoints": checkpoints, "meta": meta}
+    return {"checkpoints": checkpoints, "shots": shots, "meta": meta}
+
+
+def _train_wirings(
+    model: Detector,
+    store: FeatureStore,
+    config: ProxyConfig,
+    draw: Callable[[], ArchSpec],
+    *,
+    epochs: float,
+    seed: int,
+    progress: bool,
+    desc: str,
+    at: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model``'s shared neck wired anew by ``draw`` before every step (``at(step)`` first)."""
+    neck = model.neck
+    assert isinstance(neck, SharedNeck) and store.train is not None
+    neck.use(draw())
+
+    def on_step(step: int) -> None:
+        if at is not None:
+            at(step)
+        neck.use(draw())
+
+    return train_detector(
+        model, store.train, config=config, epochs=epochs, device=store.device, seed=seed, progress=progress,
+        on_step=on_step, desc=desc,
+    )  # fmt: skip
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -306,6 +376,14 @@ class SupernetTask:
         self.checkpoints: tuple[str, ...] = ()
         self._all: dict[str, dict[str, Tensor]] = {}
         self._state: dict[str, Tensor] = {}
+        self._shots: dict[str, dict[str, Tensor]] = {}
+        self._nas_space = NasFpnSpace(space)
+        split = self.supernet.split
+        if split and split not in self._nas_space.distributions:
+            names = list(self._nas_space.distributions)
+            raise UsageError(
+                f"supernet split {split!r} is not a decision of the space; one of {names[0]}, ..., {names[-1]}"
+            )
 
     def key(self) -> str:
         """Hash of what the shared weights depend on: the proxy's recipe and features, the space
@@ -330,14 +408,23 @@ class SupernetTask:
         store = self.store.prepare()
         path = self.cache_path()
         if not path.is_file() and self.progress:
-            print(f"training the supernet once for this configuration ({self.supernet.epochs:g} epochs) -> {path}")
-        build_once(path, lambda: train_supernet(store, self.config, self.space, self.supernet, progress=self.progress))
+            what = f"{self.supernet.epochs:g} epochs"
+            if self.supernet.split:
+                what = f"{self.supernet.split_epochs:g} epochs a part of {self.supernet.split}, from the one-shot"
+            print(f"training the supernet once for this configuration ({what}) -> {path}")
+        build_once(
+            path,
+            lambda: train_supernet(
+                store, self.config, self.space, self.supernet, progress=self.progress, start=self._one_shot_state()
+            ),
+        )
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
             raise UsageError(f"{path}: unreadable supernet ({exc}); delete the file to retrain it") from None
         self.meta = dict(blob["meta"])
         self.checkpoints = tuple(blob["checkpoints"])
+        self._shots = blob.get("shots", {})
         model = build_supernet(
             self.config, self.space, num_classes=store.num_classes, with_backbone=False, seed=self.supernet.seed
         )
@@ -345,6 +432,17 @@ class SupernetTask:
         self._all = blob["checkpoints"]
         self.use_checkpoint(self.checkpoints[-1])
         return self
+
+    def _one_shot_state(self) -> dict[str, Tensor] | None:
+        """A few-shot supernet's start: the trained state of its one-shot supernet (cached too)."""
+        if not self.supernet.split:
+            return None
+        one = SupernetTask(self.config, self.space, self.supernet.one_shot(), progress=self.progress, store=self.store)
+        return one.prepare()._all[one.checkpoints[-1]]
+
+    def shot(self, spec: ArchSpec) -> str | None:
+        """The sub-supernet that scores ``spec`` (its choice of the split decision; None: one-shot)."""
+        return str(self._nas_space.encode(spec)[self.supernet.split]) if self.supernet.split else None
 
     def use_checkpoint(self, epochs: str) -> None:
         """Score with the weights after ``epochs`` of the supernet's training (one of
@@ -374,9 +472,10 @@ class SupernetTask:
         assert isinstance(neck, SharedNeck)
         try:
             neck.use(spec)
-        except ValueError as exc:
+            shot = self.shot(spec)
+        except ValueError as exc:  # SpecError too
             raise TrialFailed(str(exc)) from None
-        model.load_state_dict(self._state)
+        model.load_state_dict(self._state if shot is None else self._shots[shot])
         steps = self.supernet.finetune_steps
         if steps:
             per_epoch = max(1, len(self.store.train) // self.config.batch_size)

@@ -87,10 +87,21 @@ def test_fair_sampling_trains_every_choice_of_a_decision_equally_often() -> None
     assert set(counts.values()) != {5}  # uniform draws are not balanced (this seed)
 
 
+def test_a_sub_supernet_trains_only_the_architectures_of_its_part_of_the_space() -> None:
+    space = NasFpnSpace()
+    for fixed in ({"cell0.op": "global_pool"}, {"cell2.level": "P3"}):  # cell2's level is repaired
+        for sampling in ("uniform", "fair"):
+            draw = spec_sampler(space, sampling, random.Random(0), fixed)
+            assert all(space.encode(draw())[k] == v for _ in range(30) for k, v in fixed.items())
+    draw, rng = spec_sampler(space, "uniform", random.Random(0)), random.Random(0)
+    assert [draw() for _ in range(3)] == [space.sample(rng) for _ in range(3)]  # one-shot draws as before
+
+
 @pytest.mark.parametrize(
     "settings, match",
     [
         ({"epochs": 0}, "epochs must be > 0"),
+        ({"split_epochs": 0}, "split_epochs must be > 0"),
         ({"sampling": "greedy"}, "sampling must be one of uniform, fair"),
         ({"recal_batches": -1}, "recal_batches must be >= 0"),
         ({"finetune_steps": -2}, "finetune_steps must be >= 0"),
@@ -180,6 +191,30 @@ def test_a_fine_tuned_trial_starts_from_the_shared_weights_and_leaves_them_as_th
     assert tuned.evaluate(PUBLISHED_NASFPN)["ap"] == first["ap"]  # each trial starts from the shared weights
     assert all(torch.equal(tuned._state[k], v) for k, v in shared.items())
     assert task.evaluate(PUBLISHED_NASFPN)["finetune_seconds"] < first["finetune_seconds"]
+
+
+def test_few_shot_scores_each_architecture_with_the_sub_supernet_of_its_part(task: SupernetTask) -> None:
+    few = SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(split="cell0.op", split_epochs=1.0), store=task.store)
+    assert few.key() != task.key() and "split" not in TINY_NET.to_dict()  # a one-shot identity stays as it was
+    mtime = task.cache_path().stat().st_mtime_ns
+    few.progress = False
+    few.prepare()
+    assert task.cache_path().stat().st_mtime_ns == mtime  # started from the cached one-shot supernet
+    assert set(few._shots) == {"sum", "global_pool"} and few.checkpoints == ("2",)
+    start, a, b = few._state, few._shots["sum"], few._shots["global_pool"]
+    convs = [k for k in start if k.endswith("conv.weight") and "stages" in k]
+    assert convs and all(torch.equal(start[k], task._state[k]) for k in convs)
+    assert any(not torch.equal(a[k], start[k]) for k in convs) and any(not torch.equal(a[k], b[k]) for k in convs)
+    assert {few.shot(PUBLISHED_NASFPN), few.shot(FPN_LIKE)} == {"global_pool", "sum"}
+    for spec in (PUBLISHED_NASFPN, FPN_LIKE):
+        shot = few.shot(spec)
+        assert shot == spec.cells[0].op
+        few.evaluate(spec)
+        assert few.model is not None
+        now = few.model.state_dict()
+        assert all(torch.equal(now[k], few._shots[shot][k]) for k in convs)  # its part's weights scored it
+    with pytest.raises(UsageError, match="split 'cell9.op' is not a decision of the space"):
+        SupernetTask(TINY, SpaceConfig(), TINY_NET.replace(split="cell9.op"), store=task.store)
 
 
 def test_an_architecture_the_supernet_cannot_wire_fails_the_trial_only(task: SupernetTask) -> None:
