@@ -111,27 +111,51 @@ def detector_costs(
     :class:`~evo_fpn.proxy_config.ProxyConfig`) builds for ``arch``, at its image size.
 
     ``backbone``: ``(params, flops)`` of a backbone the trial does not run (cached features);
-    ``None`` counts the backbone from the model. Built on the ``meta`` device: milliseconds.
+    ``None`` counts the backbone from the model. Built on the ``meta`` device: only the neck is
+    counted per architecture; the head (and a counted backbone) once per configuration.
     """
     from evo_fpn.detector import neck_norm_layer
 
-    s = config.image_size
-    with torch.device("meta"):
-        model = config.build_detector(arch, num_classes=num_classes, with_backbone=backbone is None)
-    assert model.neck is not None
-    in_channels = tuple(model.neck.in_channels)
     norm = neck_norm_layer(arch, config.neck_norm, config.fpn_norm)
-    neck = neck_cost(arch, in_channels, config.width, config.repeats, s, norm_layer=norm, conv=config.cell_conv)
-    if backbone is None:
-        assert model.backbone is not None
-        image = torch.empty(1, 3, s, s, device="meta")
-        backbone = (count_params(model.backbone), count_flops(model.backbone, image))
-    head = model.retina.head
-    sizes = [-(-s // 2**level) for level in model.levels]  # ceil halvings of the image, one per pyramid level
-    head_flops = count_flops(head, [torch.empty(1, config.width, n, n, device="meta") for n in sizes])
+    in_channels = resolve_backbone_channels(config.backbone)
+    neck = neck_cost(
+        arch, in_channels, config.width, config.repeats, config.image_size, norm_layer=norm, conv=config.cell_conv
+    )
+    backbone_params, backbone_flops, head_params, head_flops = _fixed_costs(config, arch, num_classes, backbone is None)
+    if backbone is not None:
+        backbone_params, backbone_flops = backbone
     return {
         "neck_params": neck["neck_params"],
-        "total_params": backbone[0] + neck["neck_params"] + count_params(head),
+        "total_params": backbone_params + neck["neck_params"] + head_params,
         "neck_flops": neck["neck_flops"],
-        "total_flops": backbone[1] + neck["neck_flops"] + head_flops,
+        "total_flops": backbone_flops + neck["neck_flops"] + head_flops,
     }
+
+
+_FIXED: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+
+
+def _fixed_costs(
+    config: Any, arch: ArchSpec | str, num_classes: int, count_backbone: bool
+) -> tuple[int, int, int, int]:
+    """(backbone params, backbone FLOPs, head params, head FLOPs) of ``config``'s detector: no
+    wiring changes them (only the pyramid's levels do), and counting them took most of a
+    supernet trial's bookkeeping, so they are counted once per (configuration, levels)."""
+    levels = arch if isinstance(arch, str) else (arch.min_level, arch.max_level)
+    key = (config, num_classes, count_backbone, levels)
+    if key not in _FIXED:
+        s = config.image_size
+        with torch.device("meta"):
+            model = config.build_detector(arch, num_classes=num_classes, with_backbone=count_backbone)
+        backbone = (0, 0)
+        if count_backbone:
+            assert model.backbone is not None
+            image = torch.empty(1, 3, s, s, device="meta")
+            backbone = (count_params(model.backbone), count_flops(model.backbone, image))
+        head = model.retina.head
+        sizes = [-(-s // 2**level) for level in model.levels]  # ceil halvings of the image, one per pyramid level
+        head_flops = count_flops(head, [torch.empty(1, config.width, n, n, device="meta") for n in sizes])
+        if len(_FIXED) >= 64:
+            _FIXED.clear()
+        _FIXED[key] = (*backbone, count_params(head), head_flops)
+    return _FIXED[key]

@@ -373,3 +373,26 @@ def test_latency_is_the_median_of_timed_runs_with_the_device_named() -> None:
     assert got["latency_device"].startswith("cpu: ") and f"({torch.get_num_threads()} threads)" in got["latency_device"]
     with pytest.raises(ValueError, match="runs >= 1"):
         measure(model, 64, device=torch.device("cpu"), runs=0)
+
+
+def test_costs_count_the_head_once_per_configuration_and_give_what_a_full_count_gives() -> None:
+    import random
+
+    from evo_fpn import cost
+    from evo_fpn.proxy_config import PRESETS
+    from evo_fpn.space import NasFpnSpace
+    from evo_fpn.spec import PUBLISHED_NASFPN
+
+    cfg = PRESETS["default"]
+    archs = [PUBLISHED_NASFPN, "torchvision_fpn", *(NasFpnSpace().sample(random.Random(i)) for i in range(2))]
+    cached = [cost.detector_costs(cfg, a, num_classes=10, backbone=b) for a in archs for b in (None, (5, 7))]
+    fresh = []
+    for a in archs:
+        for b in (None, (5, 7)):
+            cost._FIXED.clear()  # a full count: nothing reused from the architecture before
+            fresh.append(cost.detector_costs(cfg, a, num_classes=10, backbone=b))
+    assert cached == fresh
+    assert cached[0]["neck_flops"] != cached[2]["neck_flops"]  # the neck is counted per architecture
+    assert cached[1]["total_params"] - cached[1]["neck_params"] == 5 + cost.count_params(
+        cfg.build_detector(PUBLISHED_NASFPN, num_classes=10, with_backbone=False).retina.head
+    )
