@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -116,37 +116,43 @@ def detector_costs(
     """
     from evo_fpn.detector import neck_norm_layer
 
+    fixed = _fixed_costs(config, arch, num_classes, backbone is None)
     norm = neck_norm_layer(arch, config.neck_norm, config.fpn_norm)
-    in_channels = resolve_backbone_channels(config.backbone)
     neck = neck_cost(
-        arch, in_channels, config.width, config.repeats, config.image_size, norm_layer=norm, conv=config.cell_conv
-    )
-    backbone_params, backbone_flops, head_params, head_flops = _fixed_costs(config, arch, num_classes, backbone is None)
-    if backbone is not None:
-        backbone_params, backbone_flops = backbone
+        arch, fixed.neck_in_channels, config.width, config.repeats, config.image_size, norm_layer=norm,
+        conv=config.cell_conv,
+    )  # fmt: skip
+    backbone_params, backbone_flops = backbone or (fixed.backbone_params, fixed.backbone_flops)
     return {
         "neck_params": neck["neck_params"],
-        "total_params": backbone_params + neck["neck_params"] + head_params,
+        "total_params": backbone_params + neck["neck_params"] + fixed.head_params,
         "neck_flops": neck["neck_flops"],
-        "total_flops": backbone_flops + neck["neck_flops"] + head_flops,
+        "total_flops": backbone_flops + neck["neck_flops"] + fixed.head_flops,
     }
 
 
-_FIXED: dict[tuple[Any, ...], tuple[int, int, int, int]] = {}
+class _Fixed(NamedTuple):
+    neck_in_channels: tuple[int, ...]
+    backbone_params: int
+    backbone_flops: int
+    head_params: int
+    head_flops: int
 
 
-def _fixed_costs(
-    config: Any, arch: ArchSpec | str, num_classes: int, count_backbone: bool
-) -> tuple[int, int, int, int]:
-    """(backbone params, backbone FLOPs, head params, head FLOPs) of ``config``'s detector: no
-    wiring changes them (only the pyramid's levels do), and counting them took most of a
-    supernet trial's bookkeeping, so they are counted once per (configuration, levels)."""
+_FIXED: dict[tuple[Any, ...], _Fixed] = {}
+
+
+def _fixed_costs(config: Any, arch: ArchSpec | str, num_classes: int, count_backbone: bool) -> _Fixed:
+    """What no wiring changes in ``config``'s detector (only the pyramid's levels do): the neck's
+    input channels, the backbone's cost (when counted) and the head's. Counting them took most of
+    a supernet trial's bookkeeping, so they are counted once per (configuration, levels)."""
     levels = arch if isinstance(arch, str) else (arch.min_level, arch.max_level)
     key = (config, num_classes, count_backbone, levels)
     if key not in _FIXED:
         s = config.image_size
         with torch.device("meta"):
             model = config.build_detector(arch, num_classes=num_classes, with_backbone=count_backbone)
+        assert model.neck is not None
         backbone = (0, 0)
         if count_backbone:
             assert model.backbone is not None
@@ -157,5 +163,5 @@ def _fixed_costs(
         head_flops = count_flops(head, [torch.empty(1, config.width, n, n, device="meta") for n in sizes])
         if len(_FIXED) >= 64:
             _FIXED.clear()
-        _FIXED[key] = (*backbone, count_params(head), head_flops)
+        _FIXED[key] = _Fixed(tuple(model.neck.in_channels), *backbone, count_params(head), head_flops)
     return _FIXED[key]
