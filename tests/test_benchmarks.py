@@ -220,3 +220,52 @@ def test_supernet_report_ranks_each_lever_against_the_recorded_proxy_seeds(
     assert row["tau_seed0"] == pytest.approx(kendalltau(supernet_ap, seed0).statistic)
     assert row["seconds_per_trial"] == 4.5 and row["supernet_minutes"] == 10.0 and row["tau_reference"] is None
     assert bs.seed_agreement() == {"tau_seed0_seed1": pytest.approx(kendalltau(seed0[:5], seed1[:5]).statistic), "n": 5}
+
+
+def test_torchvision_fpn_trains_the_same_detector_at_any_repeats() -> None:
+    """Why ``load_references`` lets torchvision FPN's run at another ``repeats`` stand for the
+    reference's: the same seed builds the same weights and gives the same losses."""
+    import torch
+
+    one = REFERENCES["adamw-8ep"]
+    three = one.replace(repeats=3)
+    assert one.fingerprint() != three.fingerprint()
+    images = torch.randint(0, 256, (2, 3, one.image_size, one.image_size), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([3])}] * 2
+    models, losses = [], []
+    for config in (one, three):
+        torch.manual_seed(0)
+        model = config.build_detector("torchvision_fpn", num_classes=10, with_backbone=True).train()
+        models.append(model.state_dict())
+        losses.append(model(images, targets))
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    assert losses[0].keys() == losses[1].keys()
+    assert all(torch.equal(losses[0][k], losses[1][k]) for k in losses[0])
+
+
+def test_references_include_bench_cells_rows_and_torchvision_fpn_at_other_repeats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fid, "RECORDS", tmp_path)
+    ref = REFERENCES["adamw-8ep"]
+    own, three = ref.fingerprint(), ref.replace(repeats=3).fingerprint()
+    rows = [
+        ("cells.jsonl", own, "published", 0.48),
+        ("cells.jsonl", three, "torchvision_fpn", 0.54),
+        ("cells.jsonl", three, "fpn", 0.24),  # FPN-like at 3 repeats is another network: left out
+        ("fidelity_reference.jsonl", own, "random1-x", 0.30),
+        ("fidelity_reference.jsonl", REFERENCES["adamw"].fingerprint(), "random2-y", 0.10),
+    ]
+    for name, fingerprint, arch, ap in rows:
+        with (tmp_path / name).open("a") as f:
+            f.write(json.dumps({"fingerprint": fingerprint, "arch": arch, "seed": 0, "ap": ap}) + "\n")
+    done = fid.load_references(ref)
+    assert {k: v["ap"] for k, v in done.items()} == {
+        ("published", 0): 0.48,
+        ("torchvision_fpn", 0): 0.54,
+        ("random1-x", 0): 0.30,
+    }
+    with (tmp_path / "fidelity_reference.jsonl").open("a") as f:  # its own repeats win
+        f.write(json.dumps({"fingerprint": own, "arch": "torchvision_fpn", "seed": 0, "ap": 0.5}) + "\n")
+    assert fid.load_references(ref)[("torchvision_fpn", 0)]["ap"] == 0.5
