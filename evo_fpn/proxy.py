@@ -41,7 +41,7 @@ from evo_fpn.errors import TrialFailed
 from evo_fpn.evaluate import coco_ap
 from evo_fpn.features import FeatureStore
 from evo_fpn.proxy_config import DATASET_FIELDS, PRESETS, ProxyConfig
-from evo_fpn.record import AP_METRICS, AP_SEEDS, Reporter
+from evo_fpn.record import AP_METRICS, AP_SEEDS, BACKBONE_BUILD, Reporter
 from evo_fpn.spec import ArchSpec
 from evo_fpn.training import predict, recalibrate_norms, resolve_device, total_steps, train_detector
 
@@ -93,6 +93,12 @@ class ProxyTask:
     @property
     def num_classes(self) -> int:
         return self.store.prepare().num_classes
+
+    @property
+    def backbone_build(self) -> str | None:
+        """Which build of the backbone stage this worker's features come from (cached mode,
+        after :meth:`prepare`): :func:`evo_fpn.features.state_digest` of the frozen backbone."""
+        return self.store.backbone_build
 
     def cache_meta(self) -> dict[str, Any]:
         """Timing facts of the cached backbone stage (empty in end-to-end mode)."""
@@ -165,6 +171,8 @@ class ProxyTask:
         )
         if cfg.seeds > 1:
             metrics[AP_SEEDS] = [float(f["ap"]) for f in finals]
+        if store.backbone_build is not None:  # which features: another build of the stage trains others
+            metrics[BACKBONE_BUILD] = store.backbone_build
         if reporter is not None:
             reporter.report(metrics["ap"], cfg.seeds * total)
         history = sorted(point for run in runs for point in run["history"])

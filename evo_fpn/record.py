@@ -25,6 +25,7 @@ AP_SEEDS = "ap_seeds"  # per-seed AP when a trial trains several seeds
 OBJECTIVE = "objective"  # the objective's name (proxy, synthetic, ...)
 INFEASIBLE = "infeasible"  # why a trial is over its cost budget, one line; such a trial is PRUNED, never trained
 LATENCY_DEVICE = "latency_device"  # where latency_ms was measured (a property of the machine, not the network)
+BACKBONE_BUILD = "backbone_build"  # digest of the frozen backbone whose cached features a trial trained on
 
 AP_METRICS: tuple[str, ...] = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 """COCO AP breakdown, the first six entries of ``COCOeval.stats`` in order."""
@@ -37,7 +38,7 @@ LATENCY_METRICS: tuple[str, ...] = ("latency_ms", "latency_std_ms")
 """Measured forward latency of the whole detector at batch 1 (median and std over the timed runs)."""
 TIMING_METRICS: tuple[str, ...] = ("train_seconds", "eval_seconds", "images_per_s", "threads")
 
-REUSED: tuple[str, ...] = (*AP_METRICS, *COST_METRICS, *LATENCY_METRICS, LATENCY_DEVICE)
+REUSED: tuple[str, ...] = (*AP_METRICS, *COST_METRICS, *LATENCY_METRICS, LATENCY_DEVICE, BACKBONE_BUILD)
 """The metrics a duplicate architecture copies from the trial it re-uses."""
 
 TYPES: dict[str, type] = {
@@ -45,6 +46,7 @@ TYPES: dict[str, type] = {
     **dict.fromkeys(COST_METRICS, int),
     **dict.fromkeys(LATENCY_METRICS, float),
     LATENCY_DEVICE: str,
+    BACKBONE_BUILD: str,
     "train_seconds": float,
     "eval_seconds": float,
     "images_per_s": float,

@@ -108,6 +108,9 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
             history = list(study.user_attrs.get("sampler_history", [old_sampler]))
             if cfg.sampler not in history:
                 study.set_user_attr("sampler_history", [*history, cfg.sampler])
+        note = other_build_warning(study, getattr(getattr(p.task, "task", None), "backbone_build", None))
+        if note:
+            log(note)
         if study.user_attrs.get("n_trials") != cfg.n_trials:
             study.set_user_attr("n_trials", cfg.n_trials)
         n_before = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
@@ -122,6 +125,25 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
         for name, spec in REFERENCE_SPECS.items():
             study.enqueue_trial(p.space.encode(spec), user_attrs={"reference": name}, skip_if_exists=True)
     return study, created
+
+
+def other_build_warning(study: optuna.Study, build: str | None) -> str | None:
+    """A one-line warning when finished trials of ``study`` trained on another build of the
+    backbone stage than ``build`` (this worker's): the fingerprint names the stage's settings,
+    and the same settings trained on another machine give other features and other APs."""
+    if build is None:
+        return None
+    done = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    builds = [t.user_attrs.get(record.BACKBONE_BUILD) for t in done]
+    others = sorted({b for b in builds if b is not None and b != build})
+    if not others:
+        return None
+    n = sum(b in others for b in builds)
+    return (
+        f"warning: {n} finished trial(s) of study {study.study_name!r} trained on another build of the backbone "
+        f"stage ({', '.join(others)}; this worker's is {build}), whose features and APs differ from this one's: "
+        "give every worker one shared $EVO_FPN_CACHE folder (README, 'Scaling out')"
+    )
 
 
 STORAGE_SEEDED_SAMPLERS = frozenset({"evolution", "rl"})

@@ -46,7 +46,7 @@ from evo_fpn.neck import NasFpn, NormFactory
 from evo_fpn.objective import worker_id
 from evo_fpn.proxy import ProxyTask
 from evo_fpn.proxy_config import ProxyConfig
-from evo_fpn.record import Reporter
+from evo_fpn.record import BACKBONE_BUILD, Reporter
 from evo_fpn.space import NasFpnSpace, SpaceConfig
 from evo_fpn.spec import ArchSpec
 from evo_fpn.training import predict, recalibrate_norms, total_steps, train_detector
@@ -451,6 +451,10 @@ class SupernetTask:
             raise ValueError(f"no checkpoint at {epochs} epochs; have {', '.join(self.checkpoints)}")
         self._state = self._all[epochs]
 
+    @property
+    def backbone_build(self) -> str | None:
+        return self.store.backbone_build
+
     def costs(self, spec: ArchSpec | str) -> dict[str, int]:
         return self.proxy.costs(spec)
 
@@ -499,6 +503,8 @@ class SupernetTask:
             recal_seconds=t1 - tf,
             threads=torch.get_num_threads() if self.store.device.type == "cpu" else 0,
         )
+        if self.store.backbone_build is not None:
+            metrics[BACKBONE_BUILD] = self.store.backbone_build
         if reporter is not None:
             reporter.report(metrics["ap"], 1)
         return metrics

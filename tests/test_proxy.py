@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 
+from evo_fpn import features
 from evo_fpn.cli import UsageError
 from evo_fpn.errors import TrialFailed
 from evo_fpn.objective import Objective
@@ -72,6 +73,7 @@ def test_intermediate_ap_and_user_attrs_in_a_real_study(task: ProxyTask) -> None
     for key in ("neck_flops", "total_flops", "train_seconds", "eval_seconds", "images_per_s"):
         assert key in attrs
     assert attrs["spec_hash"] == PUBLISHED_NASFPN.canonical_hash()
+    assert attrs["backbone_build"] == task.backbone_build
     assert attrs["ap"] == trial.value
     assert max(trial.intermediate_values) == max(trial.intermediate_values.keys())
 
@@ -108,6 +110,23 @@ def test_several_seeds_score_their_mean_and_report_every_seed(task: ProxyTask) -
     steps = sorted(trial.intermediate_values)
     assert len(steps) == 4 and steps[1] == 2 * steps[0] and steps[3] == 2 * steps[1]
     assert trial.intermediate_values[steps[1]] == seeds[0] and trial.intermediate_values[steps[3]] == trial.value
+
+
+def test_the_backbone_build_is_the_digest_of_the_cached_weights(task: ProxyTask) -> None:
+    state = task.store.backbone_state
+    assert state is not None and task.backbone_build is not None and len(task.backbone_build) == 12
+    blob = torch.load(task.store.cache_path(), map_location="cpu", weights_only=True)
+    assert features.state_digest(blob["backbone"]) == task.backbone_build  # the same for every load
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    nudged = {**state, name: state[name].clone()}
+    nudged[name].view(-1)[0] += 1e-6
+    assert features.state_digest(nudged) != task.backbone_build  # any weight moves it
+    renamed = {("x." + k if k == name else k): v for k, v in state.items()}
+    assert features.state_digest(renamed) != task.backbone_build
+    end_to_end = ProxyTask(
+        TINY.replace(backbone_mode="end_to_end"), device="cpu", progress=False, cache_dir=task.store.cache_dir
+    ).prepare()
+    assert end_to_end.backbone_build is None  # no stage: trials train their own backbone
 
 
 def test_backbone_cache_is_shared(task: ProxyTask) -> None:

@@ -251,11 +251,49 @@ def test_a_study_runs_on_the_supernet_objective(
         assert t.value == t.user_attrs["ap"] == task.evaluate(spec)["ap"]  # the worker used the cached supernet
         assert t.user_attrs["neck_flops"] == task.costs(spec)["neck_flops"]
         assert t.user_attrs[record.OBJECTIVE] == "supernet"
+        assert t.user_attrs[record.BACKBONE_BUILD] == task.backbone_build
     assert study.user_attrs["fingerprint_parts"]["objective"] == "supernet"
     assert study.user_attrs["config"]["supernet"]["epochs"] == 2.0
     (tmp_path / "bad.toml").write_text('objective = "supernet"\n[supernet]\nsampling = "greedy"\n')
     assert main(["--study", "bad.toml", "--no-progress"]) == 2
     assert not (tmp_path / "studies" / "bad.db").exists()
+
+
+def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], task: SupernetTask
+) -> None:
+    """A second machine trains the same stage configuration into other weights; its worker
+    joins the study, says so in one line, and records its own build on its trials."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
+    (tmp_path / "mixed.toml").write_text(tiny_study(n_trials=2))
+    args = ["--study", "mixed.toml", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(args) == 0
+    assert "another build" not in capsys.readouterr().err
+    other = tmp_path / "other-machine"
+    other.mkdir()
+    for path in task.store.cache_dir.iterdir():  # the same files, but another backbone
+        if path.is_file() and not path.name.startswith("."):
+            (other / path.name).write_bytes(path.read_bytes())
+        elif path.is_dir():
+            (other / path.name).symlink_to(path)
+    stage = other / task.store.cache_path().name
+    blob = torch.load(stage, map_location="cpu", weights_only=True)
+    first = next(k for k, v in blob["backbone"].items() if v.is_floating_point())
+    blob["backbone"][first] = blob["backbone"][first] + 1e-3
+    torch.save(blob, stage)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(other))
+    assert main([*args, "--n-trials", "3"]) == 0
+    err = capsys.readouterr().err
+    rebuilt = SupernetTask(TINY, SpaceConfig(), TINY_NET, device="cpu", progress=False, cache_dir=other).prepare()
+    assert rebuilt.backbone_build != task.backbone_build
+    warning = [line for line in err.splitlines() if "another build" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: 2 finished trial(s)")
+    assert task.backbone_build in warning[0] and rebuilt.backbone_build in warning[0]
+    study = optuna.load_study(study_name="mixed", storage=f"sqlite:///{tmp_path / 'studies' / 'mixed.db'}")
+    builds = [t.user_attrs[record.BACKBONE_BUILD] for t in study.trials]
+    assert builds == [task.backbone_build] * 2 + [rebuilt.backbone_build]
 
 
 @pytest.mark.slow  # ~50 s: two workers build the features and the supernet
