@@ -55,7 +55,13 @@ from evo_fpn.objective import Objective
 from evo_fpn.report import StudyFiguresCallback, default_artifact_dir, make_artifact_store, refresh_study_figures
 from evo_fpn.space import NasFpnSpace
 from evo_fpn.spec import REFERENCE_SPECS, SpecError
-from evo_fpn.study_open import FINGERPRINT_WAIT_S, STORAGE_SEEDED_SAMPLERS, Prepared, open_study
+from evo_fpn.study_open import (
+    FINGERPRINT_WAIT_S,
+    STORAGE_SEEDED_SAMPLERS,
+    Prepared,
+    missing_stage_warning,
+    open_study,
+)
 from evo_fpn.summary import AP_KEYS, AP_LABELS, Progress, summary
 from evo_fpn.workers import spawn_workers, watch_workers
 
@@ -215,6 +221,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     info = build_task(cfg, progress=show_progress)
     parts = {**info.fingerprint, "space": cfg.space.to_dict()}
     st.check_storage(url)
+    note = None if args.child else missing_stage_warning(url, cfg.name, info.task)
+    if note:
+        print(note, file=sys.stderr)
     info.task.prepare()  # dataset checks (DatasetError) before anything is written
     artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
     return Prepared(

@@ -33,7 +33,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -503,6 +504,30 @@ def study_exists(url: str, study_name: str) -> bool:
         return call_with_retry(query, storage_waiter(url))
     finally:
         engine.dispose()
+
+
+@contextmanager
+def reader(url: str) -> Iterator[optuna.storages.BaseStorage]:
+    """A plain storage to read a study that exists, before the worker's own is opened: no
+    heartbeats and no reserved connections (a PostgreSQL worker's set is opened once, by
+    :func:`open_storage`); its connections are closed on exit."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "grpc":
+        from evo_fpn import storage_client
+
+        client = storage_client.GrpcStorage(
+            host=str(parsed.host), port=int(parsed.port), heartbeat_interval=None, grace_period=None
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    rdb = open_rdb(url)
+    try:
+        yield rdb
+    finally:
+        rdb.engine.dispose()
 
 
 def lock_key(name: str) -> int:

@@ -146,6 +146,28 @@ def other_build_warning(study: optuna.Study, build: str | None) -> str | None:
     )
 
 
+def missing_stage_warning(url: str, study_name: str, task: Any) -> str | None:
+    """Before this worker trains its own backbone stage (about 45 min of CPU on the default
+    preset): a one-line warning when the study it joins already has trials on a stage built
+    elsewhere, whose features this worker's build cannot reproduce; the user can stop and
+    copy that stage instead. Reads the storage; writes nothing."""
+    store = getattr(task, "store", None)
+    if store is None or not store.cached or store.cache_path().is_file() or not st.study_exists(url, study_name):
+        return None
+    with st.reader(url) as storage:
+        study_id = storage.get_study_id_from_name(study_name)
+        done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    builds = sorted({b for t in done if (b := t.user_attrs.get(record.BACKBONE_BUILD)) is not None})
+    if not builds:
+        return None
+    return (
+        f"warning: this worker has no backbone stage {store.cache_path().name} and will train its own, but "
+        f"study {study_name!r} trained on build {', '.join(builds)}, whose features and APs this one's will not "
+        "match: stop now (Ctrl-C) and copy that file into this machine's $EVO_FPN_CACHE from the machine that "
+        "built it, or share one $EVO_FPN_CACHE folder (README, 'Scaling out')"
+    )
+
+
 STORAGE_SEEDED_SAMPLERS = frozenset({"evolution", "rl"})
 """Samplers whose randomness per trial comes from (seed, trial number): no re-seed on resume."""
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from test_proxy import TINY  # the proxy tests' tiny configuration
 
+from evo_fpn import features as features_module
 from evo_fpn import record
 from evo_fpn.cli import UsageError
 from evo_fpn.errors import TrialFailed
@@ -294,6 +295,40 @@ def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
     study = optuna.load_study(study_name="mixed", storage=f"sqlite:///{tmp_path / 'studies' / 'mixed.db'}")
     builds = [t.user_attrs[record.BACKBONE_BUILD] for t in study.trials]
     assert builds == [task.backbone_build] * 2 + [rebuilt.backbone_build]
+
+
+def test_a_worker_without_the_stage_is_warned_before_it_trains_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], task: SupernetTask
+) -> None:
+    """A new machine joining a study would spend its first tens of minutes building a stage
+    whose features differ from the study's: it says so before it starts, naming the study's
+    build and the file to copy, and the study is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
+    (tmp_path / "joined.toml").write_text(tiny_study(n_trials=1))
+    args = ["--study", "joined.toml", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(args) == 0
+    assert "no backbone stage" not in capsys.readouterr().err  # it had the stage
+    fresh = tmp_path / "new-machine"
+    fresh.mkdir()
+    for path in task.store.cache_dir.iterdir():  # the dataset, but no stage
+        if path.is_dir():
+            (fresh / path.name).symlink_to(path)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(fresh))
+
+    def stopped(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt  # the user's Ctrl-C on reading the warning
+
+    monkeypatch.setattr(features_module, "build_stage", stopped)
+    assert main([*args, "--n-trials", "2"]) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "interrupted"
+    warning = [line for line in err if "no backbone stage" in line]
+    assert len(warning) == 1 and warning[0].startswith("warning: ")
+    assert task.backbone_build in warning[0] and task.store.cache_path().name in warning[0]
+    study = optuna.load_study(study_name="joined", storage=f"sqlite:///{tmp_path / 'studies' / 'joined.db'}")
+    assert len(study.trials) == 1 and study.user_attrs["n_trials"] == 1  # nothing written
 
 
 @pytest.mark.slow  # ~50 s: two workers build the features and the supernet
