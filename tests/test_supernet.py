@@ -260,17 +260,25 @@ def test_a_study_runs_on_the_supernet_objective(
     assert not (tmp_path / "studies" / "bad.db").exists()
 
 
+def first_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task: SupernetTask, name: str, n_trials: int
+) -> list[str]:
+    """Run study ``name`` from the fixture's cache in ``tmp_path``; its command line, for the next worker."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
+    (tmp_path / f"{name}.toml").write_text(tiny_study(n_trials=n_trials))
+    args = ["--study", f"{name}.toml", "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(args) == 0
+    return args
+
+
 def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], task: SupernetTask
 ) -> None:
     """A second machine trains the same stage configuration into other weights; its worker
     joins the study, says so in one line, and records its own build on its trials."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
-    (tmp_path / "mixed.toml").write_text(tiny_study(n_trials=2))
-    args = ["--study", "mixed.toml", "--no-progress", "--device", "cpu", "--threads", "1"]
-    assert main(args) == 0
+    args = first_worker(tmp_path, monkeypatch, task, "mixed", n_trials=2)
     assert "another build" not in capsys.readouterr().err
     other = tmp_path / "other-machine"
     other.mkdir()
@@ -303,12 +311,7 @@ def test_a_worker_without_the_stage_is_warned_before_it_trains_its_own(
     """A new machine joining a study would spend its first tens of minutes building a stage
     whose features differ from the study's: it says so before it starts, naming the study's
     build and the file to copy, and the study is left as it was."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    monkeypatch.setenv("EVO_FPN_CACHE", str(task.store.cache_dir))
-    (tmp_path / "joined.toml").write_text(tiny_study(n_trials=1))
-    args = ["--study", "joined.toml", "--no-progress", "--device", "cpu", "--threads", "1"]
-    assert main(args) == 0
+    args = first_worker(tmp_path, monkeypatch, task, "joined", n_trials=1)
     assert "no backbone stage" not in capsys.readouterr().err  # it had the stage
     fresh = tmp_path / "new-machine"
     fresh.mkdir()
