@@ -127,14 +127,19 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
     return study, created
 
 
+def finished_builds(storage: optuna.storages.BaseStorage, study_id: int) -> list[str | None]:
+    """The backbone build each COMPLETE trial of the study names (``None``: end to end, or older)."""
+    done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t.user_attrs.get(record.BACKBONE_BUILD) for t in done]
+
+
 def other_build_warning(study: optuna.Study, build: str | None) -> str | None:
     """A one-line warning when finished trials of ``study`` trained on another build of the
     backbone stage than ``build`` (this worker's): the fingerprint names the stage's settings,
     and the same settings trained on another machine give other features and other APs."""
     if build is None:
         return None
-    done = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    builds = [t.user_attrs.get(record.BACKBONE_BUILD) for t in done]
+    builds = finished_builds(study._storage, study._study_id)
     others = sorted({b for b in builds if b is not None and b != build})
     if not others:
         return None
@@ -155,9 +160,8 @@ def missing_stage_warning(url: str, study_name: str, task: Any) -> str | None:
     if store is None or not store.cached or store.cache_path().is_file() or not st.study_exists(url, study_name):
         return None
     with st.reader(url) as storage:
-        study_id = storage.get_study_id_from_name(study_name)
-        done = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    builds = sorted({b for t in done if (b := t.user_attrs.get(record.BACKBONE_BUILD)) is not None})
+        found = finished_builds(storage, storage.get_study_id_from_name(study_name))
+    builds = sorted({b for b in found if b is not None})
     if not builds:
         return None
     return (
