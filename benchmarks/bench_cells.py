@@ -62,6 +62,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "epochs8": {"epochs": 8.0},
     "epochs16": {"epochs": 16.0},
     "epochs32": {"epochs": 32.0},
+    # map size: the same scenes at 1.5x the pixels (digits and anchors scaled with the image), so
+    # P7 is 2x2 and P6 3x3 instead of 1x1 and 2x2; a backbone stage of its own
+    "image192": {"image_size": 192, "digits_min_scale": 18, "digits_max_scale": 150,
+                 "anchor_sizes": (12.0, 24.0, 48.0, 96.0, 192.0)},
 }
 """Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
 for it those settings equal ``default`` and are not run twice). Records are matched to a
@@ -82,6 +86,7 @@ LABELS: dict[str, str] = {
     "epochs8": "8 epochs",
     "epochs16": "16 epochs",
     "epochs32": "32 epochs",
+    "image192": "192 px (digits and anchors x1.5; P7 2x2)",
 }
 ARCH_LABELS = {"torchvision_fpn": "torchvision FPN", "published": "published NAS-FPN", "fpn": "FPN-like"}
 
