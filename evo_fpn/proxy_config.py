@@ -245,12 +245,12 @@ PRESETS: dict[str, ProxyConfig] = {
         reports=2,
     ),
     # Two seeds per trial, side by side on 2 CPU cores (one thread each). One repeat since the
-    # depth finding (README, "Why our necks lost to FPN"): at 3 repeats published NAS-FPN scored
-    # 0.1765 against torchvision FPN's 0.2536, at 1 repeat 0.2549. Measured at 3 repeats (to be
-    # re-measured at 1): half the seed noise with two seeds (signal-to-noise 9.19 against 5.07);
-    # Kendall tau 0.67 over 12 architectures against the 8-epoch end-to-end reference; 266-328 s
-    # per trial. A one-off ~21-26 minute backbone stage (24 epochs). 16 trial epochs, not 12: a
-    # seed's AP std fell from 0.027 to 0.011.
+    # depth finding (README, "Why our pyramids lost to FPN"): at 3 repeats published NAS-FPN
+    # scored 0.1765 against torchvision FPN's 0.2536, at 1 repeat 0.2549. At 1 repeat: signal-
+    # to-noise 11.6 with two seeds against 7.9 with one (20 architectures); Kendall tau 0.70 over
+    # the 12 benchmark architectures against the 8-epoch end-to-end reference. A one-off ~21-26
+    # minute backbone stage (24 epochs). 16 trial epochs, not 12: a seed's AP std fell from
+    # 0.027 to 0.011.
     "default": ProxyConfig(seeds=2),
     # NAS-FPNLite's choices (mobile backbone, depthwise-separable cells) on the default proxy's
     # data, for a P3-P6 space (studies/lite.toml); torchvision's MobileNetV3, weights=None (no
