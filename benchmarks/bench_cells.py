@@ -64,8 +64,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "epochs32": {"epochs": 32.0},
     # map size: the same scenes at 1.5x the pixels (digits and anchors scaled with the image), so
     # P7 is 2x2 and P6 3x3 instead of 1x1 and 2x2; a backbone stage of its own
-    "image192": {"image_size": 192, "digits_min_scale": 18, "digits_max_scale": 150,
-                 "anchor_sizes": (12.0, 24.0, 48.0, 96.0, 192.0)},
+    "image192": {
+        "image_size": 192,
+        "digits_min_scale": 18,
+        "digits_max_scale": 150,
+        "anchor_sizes": (12.0, 24.0, 48.0, 96.0, 192.0),
+    },
 }
 """Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
 for it those settings equal ``default`` and are not run twice). Records are matched to a
