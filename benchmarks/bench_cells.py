@@ -43,6 +43,19 @@ ARCHS: dict[str, ArchSpec | str] = {
     "fpn": FPN_LIKE,
 }
 
+
+def _scaled_image(factor: float) -> dict[str, Any]:
+    """The default preset's scenes at ``factor`` x the pixels: image, digit sizes and anchors
+    scaled alike, so only the feature maps' resolution changes."""
+    d = ProxyConfig()
+    return {
+        "image_size": round(d.image_size * factor),
+        "digits_min_scale": round(d.digits_min_scale * factor),
+        "digits_max_scale": round(d.digits_max_scale * factor),
+        "anchor_sizes": tuple(a * factor for a in d.anchor_sizes),
+    }
+
+
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},  # the shipped defaults (1 repeat since the depth finding)
     # depth
@@ -62,14 +75,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "epochs8": {"epochs": 8.0},
     "epochs16": {"epochs": 16.0},
     "epochs32": {"epochs": 32.0},
-    # map size: the same scenes at 1.5x the pixels (digits and anchors scaled with the image), so
-    # P7 is 2x2 and P6 3x3 instead of 1x1 and 2x2; a backbone stage of its own
-    "image192": {
-        "image_size": 192,
-        "digits_min_scale": 18,
-        "digits_max_scale": 150,
-        "anchor_sizes": (12.0, 24.0, 48.0, 96.0, 192.0),
-    },
+    # map size: the same scenes at 1.5x the pixels, so P7 is 2x2 and P6 3x3 instead of 1x1 and
+    # 2x2; a backbone stage of its own
+    "image192": _scaled_image(1.5),
 }
 """Controlled changes to the default preset (torchvision's FPN has no repeats or anytime, so
 for it those settings equal ``default`` and are not run twice). Records are matched to a
