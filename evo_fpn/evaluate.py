@@ -12,20 +12,36 @@ import numpy as np
 
 from evo_fpn.record import AP_METRICS as METRIC_NAMES  # the first six entries of COCOeval.stats, in order
 
+AREA_RANGES: dict[str, tuple[float, float]] = {
+    "ap_small": (0.0, 32.0**2),
+    "ap_medium": (32.0**2, 96.0**2),
+    "ap_large": (96.0**2, 1e5**2),
+}
+"""COCOeval's area ranges (both ends inclusive, as it applies them to a ground truth's ``area``)."""
 
-def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+
+def sizes_present(gt: Mapping[str, Any]) -> set[str]:
+    """The area-range metrics of :data:`AREA_RANGES` that have ground truth (non-crowd) in ``gt``."""
+    areas = [float(a["area"]) for a in gt.get("annotations", ()) if not a.get("iscrowd", 0)]
+    return {name for name, (lo, hi) in AREA_RANGES.items() if any(lo <= x <= hi for x in areas)}
+
+
+def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """AP breakdown of ``detections`` against a COCO-format ground-truth dict.
 
     ``detections`` are COCO results: ``{"image_id", "category_id", "bbox": [x, y, w, h],
-    "score"}`` in original image coordinates. No detections gives 0.0 everywhere (pycocotools
-    itself would fail on an empty list). COCOeval writes -1 for an area range without ground
-    truth; we report 0.0 there so every value lies in [0, 1].
+    "score"}`` in original image coordinates. No detections gives 0.0 (pycocotools itself
+    would fail on an empty list). An area range without ground truth (COCOeval's -1) is
+    ``None``, not 0.0: the built-in 128-px digits have no object of COCO's "large" size, and a
+    0.0 there read like a detector that failed on large objects. AP, AP50 and AP75 are always
+    floats in [0, 1] (0.0 without any ground truth), so they can be a study's value.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not detections or not gt.get("annotations"):
-        return dict.fromkeys(METRIC_NAMES, 0.0)
+        present = sizes_present(gt)
+        return {name: 0.0 if name not in AREA_RANGES or name in present else None for name in METRIC_NAMES}
     dets = [dict(d) for d in detections]
     for k, d in enumerate(dets):
         x, y, w, h = (float(v) for v in d["bbox"])
@@ -43,7 +59,10 @@ def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> d
         ev.accumulate()
         ev.summarize()
     stats = np.asarray(ev.stats[: len(METRIC_NAMES)], dtype=float)
-    return {name: float(max(v, 0.0)) for name, v in zip(METRIC_NAMES, stats, strict=True)}
+    return {
+        name: None if v < 0 and name in AREA_RANGES else float(max(v, 0.0))
+        for name, v in zip(METRIC_NAMES, stats, strict=True)
+    }
 
 
 def gt_as_detections(gt: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -161,7 +161,7 @@ class ProxyTask:
         else:
             runs = self._train_side_by_side(spec, procs, total, reporter)
         finals = [run["final"] for run in runs]
-        metrics: dict[str, Any] = {k: float(np.mean([f[k] for f in finals])) for k in AP_METRICS}
+        metrics: dict[str, Any] = {k: _mean_or_none([f[k] for f in finals]) for k in AP_METRICS}
         metrics.update(costs)
         metrics.update(
             train_seconds=float(sum(run["train_seconds"] for run in runs)),
@@ -269,7 +269,7 @@ class ProxyTask:
         eval_points = sorted({max(1, round(total * (k + 1) / cfg.reports)) for k in range(cfg.reports)})
         history: list[tuple[int, float]] = []
         eval_seconds = [0.0]
-        final: dict[str, float] = {}
+        final: dict[str, float | None] = {}
 
         def on_eval(step: int, total_steps: int) -> None:
             t0 = time.perf_counter()
@@ -298,6 +298,12 @@ class ProxyTask:
         )
         threads = torch.get_num_threads() if self.device.type == "cpu" else 0
         return {**facts, "final": final, "history": history, "eval_seconds": eval_seconds[0], "threads": threads}
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """The seeds' mean of one AP metric; ``None`` where the validation set has no objects of
+    that size (then every seed has ``None``: they share the validation set)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def _report(reporter: Reporter, ap: float, step: int) -> None:

@@ -70,8 +70,12 @@ def display_value(name: str, value: float) -> float:
 
 
 def user_attrs(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The typed user attrs of ``metrics``: the :data:`TYPES` keys it has, plus ``ap_seeds``."""
-    attrs = {k: TYPES[k](metrics[k]) for k in TYPES if k in metrics}
+    """The typed user attrs of ``metrics``: the :data:`TYPES` keys it has, plus ``ap_seeds``.
+
+    A ``None`` metric (an AP of an object size the validation set does not have) is not
+    recorded: an absent attr says "not measured" to every reader, where 0.0 would say "failed".
+    """
+    attrs = {k: TYPES[k](metrics[k]) for k in TYPES if metrics.get(k) is not None}
     if AP_SEEDS in metrics:
         attrs[AP_SEEDS] = [float(v) for v in metrics[AP_SEEDS]]
     return attrs

@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"trained {name} for {config.epochs:g} epochs ({config.backbone_mode}) on {task.device}")
     for key in METRIC_NAMES:
-        print(f"  {key:<10} {metrics[key]:.4f}")
+        value = metrics[key]
+        shown = "-  (no objects of this size in the validation set)" if value is None else f"{value:.4f}"
+        print(f"  {key:<10} {shown}")
     print(f"  params     {metrics['total_params']:,} (neck {metrics['neck_params']:,})")
     print(f"  GFLOPs     {metrics['total_flops'] / 1e9:.2f} per image (neck {metrics['neck_flops'] / 1e9:.3f})")
     print(f"  train      {metrics['train_seconds']:.0f} s, {metrics['images_per_s']:.1f} images/s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evo_fpn.evaluate import METRIC_NAMES, coco_ap, gt_as_detections
+from evo_fpn.evaluate import METRIC_NAMES, coco_ap, gt_as_detections, sizes_present
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],
@@ -35,3 +35,21 @@ def test_errors_lower_ap() -> None:
     metrics = coco_ap(GT, dets)
     assert 0.0 < metrics["ap"] < 1.0
     assert metrics["ap_small"] == 0.0 and metrics["ap_medium"] == pytest.approx(1.0, abs=1e-9)
+
+
+SMALL_ONLY = {**GT, "annotations": [a for a in GT["annotations"] if a["area"] <= 32**2]}
+
+
+def test_an_object_size_without_ground_truth_is_none_not_zero() -> None:
+    """COCOeval's -1 (no ground truth of that size) is not a score: the digits' missing APl."""
+    assert sizes_present(GT) == {"ap_small", "ap_medium", "ap_large"}
+    assert sizes_present(SMALL_ONLY) == {"ap_small"}
+    perfect = coco_ap(SMALL_ONLY, gt_as_detections(SMALL_ONLY))
+    assert perfect["ap"] == pytest.approx(1.0) and perfect["ap_small"] == pytest.approx(1.0)
+    assert perfect["ap_medium"] is None and perfect["ap_large"] is None
+    # the same Nones without any detection (the path that bypasses pycocotools), and 0.0 elsewhere
+    empty = coco_ap(SMALL_ONLY, [])
+    assert empty == {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ap_small": 0.0, "ap_medium": None, "ap_large": None}
+    # a crowd region is not ground truth of its size (COCOeval ignores it)
+    crowd = {**SMALL_ONLY, "annotations": [*SMALL_ONLY["annotations"], {**GT["annotations"][2], "iscrowd": 1}]}
+    assert sizes_present(crowd) == {"ap_small"}

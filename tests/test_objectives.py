@@ -106,6 +106,12 @@ def test_study_values_and_directions() -> None:
         record.directions(("speed",))
 
 
+def test_a_metric_not_measured_is_not_recorded() -> None:
+    """An AP of an object size the validation set lacks (None) is left out, never written as 0.0."""
+    attrs = record.user_attrs({"ap": 0.25, "ap_small": 0.1, "ap_large": None, "neck_flops": 7})
+    assert attrs == {"ap": 0.25, "ap_small": 0.1, "neck_flops": 7}
+
+
 class _CostlyTask:
     """Costs before training, and an evaluation that returns (some of) them again, as tasks may."""
 

@@ -17,6 +17,7 @@ import torch
 from evo_fpn import features
 from evo_fpn.cli import UsageError
 from evo_fpn.errors import TrialFailed
+from evo_fpn.evaluate import sizes_present
 from evo_fpn.objective import Objective
 from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
 from evo_fpn.space import NasFpnSpace
@@ -68,8 +69,11 @@ def test_intermediate_ap_and_user_attrs_in_a_real_study(task: ProxyTask) -> None
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert len(trial.intermediate_values) == 2  # one mid-training report, then the final one
     attrs = trial.user_attrs
-    for key in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "neck_params", "total_params"):
+    present = sizes_present(task.store.val.split.coco_gt)
+    assert "ap_large" not in present  # 8-48 px digits: no object of COCO's large size (96x96)
+    for key in ("ap", "ap50", "ap75", *present, "neck_params", "total_params"):
         assert key in attrs
+    assert "ap_large" not in attrs  # not measured, so not recorded (never a misleading 0.0)
     for key in ("neck_flops", "total_flops", "train_seconds", "eval_seconds", "images_per_s"):
         assert key in attrs
     assert attrs["spec_hash"] == PUBLISHED_NASFPN.canonical_hash()
