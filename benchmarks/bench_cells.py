@@ -4,6 +4,7 @@
     python -m benchmarks.bench_cells --shard 1/2 &         # a second process shares the runs
     python -m benchmarks.bench_cells --settings default,none --archs published,fpn --seeds 3
     python -m benchmarks.bench_cells --mode reference --settings default,none
+    python -m benchmarks.bench_cells --seeds 2 --list      # the runs still missing, train nothing
     python -m benchmarks.bench_cells --report              # the table from the records, train nothing
     python -m benchmarks.bench_cells --report --json       # the same rows as one JSON list
 
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, busy CPU)")
     p.add_argument("--shard", default="0/1", help="I/N: every N-th missing run from the I-th")
+    p.add_argument("--list", action="store_true", help="print the missing runs this process would train, train nothing")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
     p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
     p.add_argument("--markdown", action="store_true", help="with --report: the README's table")
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         mine = todo[shard::shards][: args.max_runs or None]
         print(f"{len(todo)} runs missing; this process runs {len(mine)}", file=sys.stderr, flush=True)
+        if args.list:
+            for mode, setting, arch, seed in mine:
+                print(f"{mode:<9} {setting:<13} {arch:<16} seed {seed}")
+            return 0
         for mode, setting, arch, seed in mine:
             rec = run_one(mode, setting, arch, seed, device=args.device)
             with args.records.open("a") as f:

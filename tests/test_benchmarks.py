@@ -144,6 +144,31 @@ def test_cells_report_prints_the_recorded_rows_as_one_json_list(
     assert first["mode"] == "proxy" and first["ap_mean"] == pytest.approx(0.21) and first["neck_flops"] == 1000
     assert first["ap_std"] == pytest.approx(0.01414, abs=1e-4) and out[1]["ap_std"] is None
 
+    # --list names exactly the runs these records lack (the stale one counts for nothing), per shard
+    argv = [
+        "--settings",
+        "default,none",
+        "--archs",
+        "published,fpn",
+        "--seeds",
+        "2",
+        "--list",
+        "--records",
+        str(records),
+    ]
+    assert bench_cells.main(argv) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert listed == [
+        ["proxy", "default", "fpn", "seed", "0"],
+        ["proxy", "none", "published", "seed", "0"],
+        ["proxy", "default", "fpn", "seed", "1"],
+        ["proxy", "none", "published", "seed", "1"],
+        ["proxy", "none", "fpn", "seed", "1"],
+    ]
+    assert bench_cells.main([*argv, "--shard", "1/2"]) == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines()] == listed[1::2]
+    assert len(records.read_text().splitlines()) == 4  # nothing trained, nothing written
+
 
 def test_cells_records_without_a_config_land_in_the_row_of_what_they_trained(tmp_path: Path) -> None:
     # Records written before the default became 1 repeat name the setting of their day: "default"
