@@ -12,18 +12,18 @@ import numpy as np
 
 from evo_fpn.record import AP_METRICS as METRIC_NAMES  # the first six entries of COCOeval.stats, in order
 
-AREA_RANGES: dict[str, tuple[float, float]] = {
-    "ap_small": (0.0, 32.0**2),
-    "ap_medium": (32.0**2, 96.0**2),
-    "ap_large": (96.0**2, 1e5**2),
-}
-"""COCOeval's area ranges (both ends inclusive, as it applies them to a ground truth's ``area``)."""
+SIZE_METRICS: tuple[str, ...] = METRIC_NAMES[3:]
+"""APs, APm, APl: COCOeval's area ranges after "all", in its order."""
 
 
 def sizes_present(gt: Mapping[str, Any]) -> set[str]:
-    """The area-range metrics of :data:`AREA_RANGES` that have ground truth (non-crowd) in ``gt``."""
+    """The metrics of :data:`SIZE_METRICS` that have ground truth (non-crowd) in ``gt``, by
+    COCOeval's own area ranges (both ends inclusive, as it applies them to an ``area``)."""
+    from pycocotools.cocoeval import Params
+
+    ranges = Params(iouType="bbox").areaRng[1:]
     areas = [float(a["area"]) for a in gt.get("annotations", ()) if not a.get("iscrowd", 0)]
-    return {name for name, (lo, hi) in AREA_RANGES.items() if any(lo <= x <= hi for x in areas)}
+    return {name for name, (lo, hi) in zip(SIZE_METRICS, ranges, strict=True) if any(lo <= x <= hi for x in areas)}
 
 
 def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
@@ -41,7 +41,7 @@ def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> d
 
     if not detections or not gt.get("annotations"):
         present = sizes_present(gt)
-        return {name: 0.0 if name not in AREA_RANGES or name in present else None for name in METRIC_NAMES}
+        return {name: 0.0 if name not in SIZE_METRICS or name in present else None for name in METRIC_NAMES}
     dets = [dict(d) for d in detections]
     for k, d in enumerate(dets):
         x, y, w, h = (float(v) for v in d["bbox"])
@@ -60,7 +60,7 @@ def coco_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> d
         ev.summarize()
     stats = np.asarray(ev.stats[: len(METRIC_NAMES)], dtype=float)
     return {
-        name: None if v < 0 and name in AREA_RANGES else float(max(v, 0.0))
+        name: None if v < 0 and name in SIZE_METRICS else float(max(v, 0.0))
         for name, v in zip(METRIC_NAMES, stats, strict=True)
     }
 
