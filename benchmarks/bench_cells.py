@@ -76,6 +76,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "epochs8": {"epochs": 8.0},
     "epochs16": {"epochs": 16.0},
     "epochs32": {"epochs": 32.0},
+    "fpn_batch16": {"fpn_norm": "batch", "epochs": 16.0},  # the BatchNorm FPN control at the length where published and FPN are level
     # map size: the same scenes at 1.5x the pixels, so P7 is 2x2 and P6 3x3 instead of 1x1 and
     # 2x2; a backbone stage of its own
     "image192": _scaled_image(1.5),
@@ -99,6 +100,7 @@ LABELS: dict[str, str] = {
     "epochs8": "8 epochs",
     "epochs16": "16 epochs",
     "epochs32": "32 epochs",
+    "fpn_batch16": "BatchNorm in torchvision's FPN, 16 epochs",
     "image192": "192 px (digits and anchors x1.5; P7 2x2)",
 }
 ARCH_LABELS = {"torchvision_fpn": "torchvision FPN", "published": "published NAS-FPN", "fpn": "FPN-like"}
