@@ -33,8 +33,8 @@ import torch
 
 from benchmarks.bench_fidelity import REFERENCES
 from benchmarks.bench_proxy import parse_shard, spec_json
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.tasks.proxy import PRESETS, ProxyConfig, ProxyTask
 
 RECORDS = Path(__file__).resolve().parent / "records" / "cells.jsonl"
 
@@ -76,7 +76,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "epochs8": {"epochs": 8.0},
     "epochs16": {"epochs": 16.0},
     "epochs32": {"epochs": 32.0},
-    "fpn_batch16": {"fpn_norm": "batch", "epochs": 16.0},  # the BatchNorm FPN control at the length where published and FPN are level
+    # the BatchNorm FPN control at 16 epochs, where published NAS-FPN and FPN are level end to end
+    "fpn_batch16": {"fpn_norm": "batch", "epochs": 16.0},
     # map size: the same scenes at 1.5x the pixels, so P7 is 2x2 and P6 3x3 instead of 1x1 and
     # 2x2; a backbone stage of its own
     "image192": _scaled_image(1.5),

@@ -40,8 +40,8 @@ from benchmarks.bench_proxy import (
     seed_config,
     spec_json,
 )
-from evo_fpn.neck import FPN_NAME
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
+from evo_fpn.model.neck import FPN_NAME
+from evo_fpn.tasks.proxy import PRESETS, ProxyConfig, ProxyTask
 
 
 def _end_to_end(epochs: float, **recipe: Any) -> ProxyConfig:
@@ -99,7 +99,7 @@ def reference_config(
 def load_references(ref_cfg: ProxyConfig) -> dict[tuple[str, int], dict[str, Any]]:
     """Finished reference runs of ``ref_cfg`` by (architecture, seed), from this benchmark's
     records and ``bench_cells``' (which trains published NAS-FPN and FPN-like under the same
-    configuration). torchvision's FPN ignores ``repeats`` (:func:`evo_fpn.neck.build_neck`;
+    configuration). torchvision's FPN ignores ``repeats`` (:func:`evo_fpn.model.neck.build_neck`;
     ``tests/test_benchmarks.py`` checks its detector and first losses are identical at 1 and 3),
     so its run under the same configuration at another ``repeats`` is the same training and
     counts: the 8-epoch one took 62 min here."""

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from evo_fpn.cost import backbone_feature_shapes, neck_cost, resolve_backbone_channels
-from evo_fpn.neck import build_neck
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.model.cost import backbone_feature_shapes, neck_cost, resolve_backbone_channels
+from evo_fpn.model.neck import build_neck
 
 ARCHS = {"torchvision_fpn": "torchvision_fpn", "fpn_like": FPN_LIKE, "published": PUBLISHED_NASFPN}
 

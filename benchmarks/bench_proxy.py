@@ -11,7 +11,7 @@
 * ap / noise: published NAS-FPN, FPN-like, torchvision FPN and ``--random`` random
   architectures (seeded) under the preset, plus ``--trials`` independent trials of one
   architecture. A trial of a preset with ``seeds = S`` is the mean AP of S seeds (trial t:
-  seeds tS..tS+S-1), exactly as :class:`~evo_fpn.proxy.ProxyTask` scores it. Signal-to-noise
+  seeds tS..tS+S-1), exactly as :class:`~evo_fpn.tasks.proxy.ProxyTask` scores it. Signal-to-noise
   = std of the trial-0 AP across architectures (population std) / std of the noise
   architecture's trial APs (sample std, n - 1).
   Each *seed* is appended to ``benchmarks/records/proxy_trials.jsonl`` as it finishes (keyed
@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
-from evo_fpn.training import train_detector
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.tasks.proxy import PRESETS, ProxyConfig, ProxyTask
+from evo_fpn.training.loop import train_detector
 
 RESULTS = Path(__file__).resolve().parent / "results"  # summaries (git-ignored)
 RECORDS = Path(__file__).resolve().parent / "records"  # one JSON line per finished run (committed)

@@ -1,7 +1,7 @@
 """Time a sampler adds per trial on a study that already has 1k or 10k finished trials.
 
 For each storage (in-memory, SQLite, PostgreSQL: a throwaway local cluster from
-:mod:`evo_fpn.testing_pg`, fsync off) and history size, the study is pre-populated with
+:mod:`evo_fpn.storage.testing_pg`, fsync off) and history size, the study is pre-populated with
 finished NAS-FPN trials (random valid points scored by the synthetic landscape). Each
 sampler then runs ``--trials`` more trials (ask, ``NasFpnSpace.suggest``, tell) while a thin
 proxy times every call Optuna makes into it (``infer_relative_search_space``,
@@ -43,8 +43,8 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from benchmarks.landscape import Landscape
+from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import make_sampler
-from evo_fpn.space import NasFpnSpace
 
 RESULTS = Path(__file__).with_name("results")
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -267,7 +267,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="evo_fpn_bench_"))
     pg = None
     if "postgresql" in args.storages.split(","):
-        from evo_fpn.testing_pg import PgCluster
+        from evo_fpn.storage.testing_pg import PgCluster
 
         pg = PgCluster().start()
     print(

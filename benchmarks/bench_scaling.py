@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scaling.py [--trials 24] [--sleep 1.0] [--workers 1 2 4] [--sampler evolution]
 
-Starts its own throwaway PostgreSQL cluster (:mod:`evo_fpn.testing_pg`), and for each worker
+Starts its own throwaway PostgreSQL cluster (:mod:`evo_fpn.storage.testing_pg`), and for each worker
 count runs that many real ``python -m evo_fpn.run`` processes on one fresh study with the
 synthetic objective, which sleeps ``--sleep`` seconds per trial (a stand-in for training: a
 worker waits on its GPU, not on the CPU). Reports, per worker count:
@@ -28,7 +28,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from evo_fpn.testing_pg import PgCluster
+from evo_fpn.storage.testing_pg import PgCluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -24,9 +24,9 @@ import numpy as np
 import optuna
 
 from benchmarks.landscape import Landscape
-from evo_fpn.analysis import best_so_far
+from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import make_sampler
-from evo_fpn.space import NasFpnSpace
+from evo_fpn.study.analysis import best_so_far
 
 RESULTS = Path(__file__).with_name("results")
 

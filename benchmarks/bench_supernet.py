@@ -37,10 +37,10 @@ from scipy.stats import kendalltau, spearmanr
 
 from benchmarks.bench_fidelity import REFERENCES
 from benchmarks.bench_proxy import RECORDS, architectures, load_done, run_trials, seed_config
-from evo_fpn.proxy import PRESETS, ProxyTask
-from evo_fpn.space import SpaceConfig
-from evo_fpn.spec import ArchSpec
-from evo_fpn.supernet import SupernetConfig, SupernetTask
+from evo_fpn.arch.space import SpaceConfig
+from evo_fpn.arch.spec import ArchSpec
+from evo_fpn.tasks.proxy import PRESETS, ProxyTask
+from evo_fpn.tasks.supernet import SupernetConfig, SupernetTask
 
 SUPERNET_RECORDS = RECORDS / "supernet.jsonl"
 PROXY_SEEDS = 2

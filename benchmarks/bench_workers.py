@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_workers [--workers 50 100 200] [--routes direct server] [--sleep 5] [--per-worker 2]
 
-Starts a throwaway PostgreSQL cluster (:mod:`evo_fpn.testing_pg`) with ``max_connections = 100``
+Starts a throwaway PostgreSQL cluster (:mod:`evo_fpn.storage.testing_pg`) with ``max_connections = 100``
 (the server's default), and for each worker count and route starts that many real
 ``python -m evo_fpn.run`` processes at once (as a job array would) on a fresh study with the
 synthetic objective (sleeping ``--sleep`` seconds a trial, evolution, a budget of
@@ -33,7 +33,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from evo_fpn.testing_pg import PgCluster, free_port
+from evo_fpn.storage.testing_pg import PgCluster, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

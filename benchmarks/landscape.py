@@ -33,8 +33,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import ArchSpec
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import ArchSpec
 
 
 class Landscape:
@@ -85,7 +85,7 @@ def main() -> None:
     import random
     import statistics
 
-    from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+    from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN
 
     land = Landscape(0)
     rng = random.Random(0)

@@ -1,6 +1,6 @@
 """Errors that cross module boundaries, in a leaf module so that nothing imports upwards.
 
-Library code raises these (or ordinary exceptions); the command line (:mod:`evo_fpn.cli`)
+Library code raises these (or ordinary exceptions); the command line (:mod:`evo_fpn.cli.common`)
 maps them to its one-line errors. :class:`TrialFailed` fails one trial (the runner records
 its reason and goes on); :class:`DatasetError` and :class:`UsageError` name the fix.
 """

@@ -1,7 +1,7 @@
 """What a trial records: the user-attr names and types, and the one function that writes them.
 
 Every layer that reads a trial (the runner's summary, compare, figures, the dashboards, the
-tests) and the one layer that writes it (:class:`evo_fpn.objective.Objective`) use these
+tests) and the one layer that writes it (:class:`evo_fpn.study.objective.Objective`) use these
 names, so a metric is spelled in one place. Objectives return plain metrics dicts and never
 touch the trial.
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from evo_fpn.testing_pg import PgCluster, PgUnavailable
+from evo_fpn.storage.testing_pg import PgCluster, PgUnavailable
 
 _counter = itertools.count()
 

@@ -87,7 +87,7 @@ def states(study: optuna.Study) -> dict[str, int]:
 
 def start_server(url: str, cwd: Path, *, pool_size: int = 4, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """``python -m evo_fpn.storage_server`` for ``url`` on a free port; returns it and its ``grpc://`` URL."""
-    from evo_fpn.testing_pg import free_port
+    from evo_fpn.storage.testing_pg import free_port
 
     port = free_port()
     proc = subprocess.Popen(

@@ -47,8 +47,8 @@ def make_storage(url: str) -> Any:
 
 
 def main() -> None:
+    from evo_fpn.arch.space import NasFpnSpace
     from evo_fpn.samplers import make_sampler
-    from evo_fpn.space import NasFpnSpace
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--storage", required=True)

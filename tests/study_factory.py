@@ -3,7 +3,7 @@
 :func:`run_study` runs the real runner (``python -m evo_fpn.run``) on its synthetic
 objective. :func:`make_study` searches with the project's space, sampler and Objective (dedup,
 record, architecture artifacts) on :class:`CostedSyntheticTask`: real neck params and FLOPs
-from :mod:`evo_fpn.cost`, a synthetic AP (a fixed function of the architecture plus a jitter).
+from :mod:`evo_fpn.model.cost`, a synthetic AP (a fixed function of the architecture plus a jitter).
 Both take seconds instead of hours of training.
 """
 
@@ -29,11 +29,11 @@ from typing import Any
 
 import optuna
 
-from evo_fpn import cost
-from evo_fpn.objective import Objective
-from evo_fpn.report import make_artifact_store
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import ArchSpec
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import ArchSpec
+from evo_fpn.model import cost
+from evo_fpn.study.artifacts import make_artifact_store
+from evo_fpn.study.objective import Objective
 
 PROXY_BACKBONE = "resnet10"
 PROXY_CHANNELS = 32
@@ -55,7 +55,7 @@ def synthetic_ap(spec: ArchSpec, number: int) -> float:
 
 
 class CostedSyntheticTask:
-    """An objective for :class:`evo_fpn.objective.Objective`: real neck costs (:mod:`evo_fpn.cost`),
+    """An objective for :class:`evo_fpn.study.objective.Objective`: real neck costs (:mod:`evo_fpn.model.cost`),
     a synthetic AP (:func:`synthetic_ap`, jittered by the evaluation count) reported at two steps."""
 
     def __init__(self) -> None:
@@ -177,7 +177,7 @@ def run_study(
     noise: float = 0.01,
 ) -> optuna.Study:
     """Run the real runner (``python -m evo_fpn.run``, in-process) with the synthetic objective."""
-    from evo_fpn.run import main
+    from evo_fpn.cli.run import main
 
     folder = Path(tempfile.mkdtemp(prefix="evo_fpn_toml_"))
     toml = folder / f"{name}.toml"
@@ -208,7 +208,7 @@ class SharedStudies:
     ``evolution`` (no pruner) and ``random`` (median pruner), two seeds each, are made by the
     real runner CLI on its synthetic objective; ``costed`` (random search) by
     :func:`make_study`, whose objective also records the neck's params and FLOPs (counted by
-    :mod:`evo_fpn.cost`) that the runner's synthetic objective leaves out.
+    :mod:`evo_fpn.model.cost`) that the runner's synthetic objective leaves out.
     """
 
     storage: str

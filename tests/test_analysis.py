@@ -11,7 +11,7 @@ import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from evo_fpn.analysis import best_so_far, best_trial, best_value, objective_value, pareto_front, rank_key
+from evo_fpn.study.analysis import best_so_far, best_trial, best_value, objective_value, pareto_front, rank_key
 
 MAX, MIN = StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE
 

@@ -11,8 +11,8 @@ import benchmarks.bench_fidelity as fid
 from benchmarks.bench_fidelity import REFERENCES, reference_config
 from benchmarks.bench_fidelity import main as fidelity_main
 from benchmarks.bench_proxy import architectures, main, summarize_noise
-from evo_fpn.proxy import PRESETS
-from evo_fpn.spec import ArchSpec
+from evo_fpn.arch.spec import ArchSpec
+from evo_fpn.tasks.proxy import PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))

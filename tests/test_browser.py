@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 from study_factory import dashboard_server, get_json, shared_studies
 
-from evo_fpn import dashboard, figures, report
-from evo_fpn.figures import StudyData
+from evo_fpn.cli.common import dashboard
+from evo_fpn.viz import figures, refresh
+from evo_fpn.viz.figures import StudyData
 
 pytestmark = pytest.mark.slow  # ~30-40 s together on 2 shared cores (Chromium starts five times)
 
@@ -126,7 +127,7 @@ def test_generated_page_renders_in_chromium(tmp_path: Path) -> None:
 def test_optuna_dashboard_pages_render_in_chromium(tmp_path: Path) -> None:
     studies = shared_studies()
     study = studies.load("evo-0")
-    report.refresh_study_figures(study)
+    refresh.refresh_study_figures(study)
     best = study.best_trial
     with dashboard_server(studies.storage, studies.artifact_dir) as base:
         sid = {s["study_name"]: s["study_id"] for s in get_json(base + "/api/studies")["study_summaries"]}["evo-0"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from evo_fpn import cli
-from evo_fpn.cli import ArgumentParser, UsageError, load_arch, parse_sets
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, SpecError
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, SpecError
+from evo_fpn.cli.common import ArgumentParser, UsageError, load_arch, parse_sets
+from evo_fpn.cli.common import common as cli
 
 
 def test_a_bad_flag_is_a_usage_error_naming_the_command() -> None:
@@ -78,7 +78,7 @@ def test_load_arch_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_torchvision_name_is_the_necks() -> None:
-    from evo_fpn.neck import FPN_NAME
+    from evo_fpn.model.neck import FPN_NAME
 
     assert cli.TORCHVISION_FPN == FPN_NAME
 

@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from run_worker import load, write_study
 
-from evo_fpn.compare import format_table, study_row
-from evo_fpn.compare import main as compare
-from evo_fpn.run import main as run
+from evo_fpn.cli.compare import format_table, study_row
+from evo_fpn.cli.compare import main as compare
+from evo_fpn.cli.run import main as run
 
 
 @pytest.fixture(autouse=True)

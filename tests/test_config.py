@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from evo_fpn.config import (
+from evo_fpn.arch.space import SpaceConfig
+from evo_fpn.study.config import (
     ConfigError,
     RunnerConfig,
     StudyConfig,
@@ -17,7 +18,6 @@ from evo_fpn.config import (
     read_toml,
     sampler_settings_for,
 )
-from evo_fpn.space import SpaceConfig
 
 REPO_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -129,11 +129,11 @@ def test_names_and_runner_values_are_checked() -> None:
 
 def test_name_lists_kept_apart_for_import_cost_agree_with_their_sources() -> None:
     # config must not import torch (a synthetic study never does), so it keeps its own copies
-    from evo_fpn.config import PRESET_NAMES, SAMPLERS
-    from evo_fpn.detector import BACKBONES
-    from evo_fpn.neck import BACKBONE_CHANNELS
-    from evo_fpn.proxy_config import PRESETS
+    from evo_fpn.model.detector import BACKBONES
+    from evo_fpn.model.neck import BACKBONE_CHANNELS
     from evo_fpn.samplers.registry import SAMPLER_NAMES
+    from evo_fpn.study.config import PRESET_NAMES, SAMPLERS
+    from evo_fpn.training.config import PRESETS
 
     assert PRESET_NAMES == tuple(PRESETS)
     assert SAMPLERS == SAMPLER_NAMES

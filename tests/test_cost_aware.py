@@ -1,7 +1,7 @@
 """Cost-aware search through the runner: objectives beyond AP, budgets, the samplers' part.
 
 Mechanics run on the synthetic objective, whose costs are the real no-compute counts of a
-RetinaNet (:data:`evo_fpn.objective.SyntheticTask.COST_MODEL`).
+RetinaNet (:data:`evo_fpn.tasks.synthetic.SyntheticTask.COST_MODEL`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 from run_worker import load, write_study
 
 from evo_fpn import record
-from evo_fpn.config import ConfigError, config_from_mapping, load_config
+from evo_fpn.cli.run import main
 from evo_fpn.limits import Budgets
-from evo_fpn.run import main
 from evo_fpn.samplers.evolution import parent_of
+from evo_fpn.study.config import ConfigError, config_from_mapping, load_config
 
 
 @pytest.fixture(autouse=True)
@@ -57,8 +57,8 @@ def test_one_objective_keeps_the_plain_studys_record_and_fingerprint_parts() -> 
 
 
 def test_the_quick_studys_fingerprint_is_the_one_it_had_before_objectives_existed() -> None:
-    from evo_fpn import objectives
-    from evo_fpn.config import fingerprint
+    from evo_fpn.study import registry as objectives
+    from evo_fpn.study.config import fingerprint
 
     def fp(**overrides: object) -> str:
         cfg = load_config("quick", **overrides)
@@ -220,7 +220,7 @@ def test_summary_lists_the_pareto_front_and_the_trials_over_budget() -> None:
     import optuna
     from optuna.trial import create_trial
 
-    from evo_fpn.summary import summary
+    from evo_fpn.study.summary import summary
 
     study = optuna.create_study(study_name="s", directions=["maximize", "minimize"])
     study.set_metric_names(["ap", "neck_flops"])
@@ -236,8 +236,8 @@ def test_summary_lists_the_pareto_front_and_the_trials_over_budget() -> None:
 
 # -- compare and the pages ------------------------------------------------------------------
 def test_compare_uses_hypervolume_and_refuses_other_objectives(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from evo_fpn.compare import hypervolume_curve
-    from evo_fpn.compare import main as compare
+    from evo_fpn.cli.compare import hypervolume_curve
+    from evo_fpn.cli.compare import main as compare
 
     mo_study(tmp_path, "mo", 6, 'objectives = ["ap", "neck_flops"]', sampler="random")
     for name, seed in (("a", "0"), ("b", "1")):
@@ -267,9 +267,9 @@ def test_compare_uses_hypervolume_and_refuses_other_objectives(tmp_path: Path, c
 
 
 def test_study_page_shows_the_front_the_budget_and_the_untrained(tmp_path: Path) -> None:
-    from evo_fpn import figures
-    from evo_fpn.dashboard import study_page
-    from evo_fpn.figures import StudyData
+    from evo_fpn.cli.dashboard import study_page
+    from evo_fpn.viz import figures
+    from evo_fpn.viz.figures import StudyData
 
     mo_study(tmp_path, "cap", 10, 'objectives = ["ap", "neck_flops"]\nmax_neck_flops = 35e6', sampler="random")
     assert cli("--study", "cap.toml") == 0
@@ -309,7 +309,7 @@ def test_optuna_dashboard_serves_the_study_as_multi_objective(tmp_path: Path) ->
 def _lite_spec():  # noqa: ANN202
     import random
 
-    from evo_fpn.space import NasFpnSpace, SpaceConfig
+    from evo_fpn.arch.space import NasFpnSpace, SpaceConfig
 
     return NasFpnSpace(SpaceConfig(num_cells=6, num_intermediate=2, max_level=6)).sample(random.Random(3))
 
@@ -318,8 +318,8 @@ def test_separable_cells_cost_what_their_convs_hold() -> None:
     import torch
     from torch import nn
 
-    from evo_fpn.cost import count_params, neck_cost
-    from evo_fpn.neck import build_neck
+    from evo_fpn.model.cost import count_params, neck_cost
+    from evo_fpn.model.neck import build_neck
 
     spec, c = _lite_spec(), 64
     dense = neck_cost(spec, (40, 112, 960), c, 1, 128)
@@ -338,8 +338,8 @@ def test_separable_cells_cost_what_their_convs_hold() -> None:
 def test_a_p3_p6_mobilenet_detector_trains_and_detects_offline() -> None:
     import torch
 
-    from evo_fpn.cost import count_params, detector_costs
-    from evo_fpn.proxy_config import PRESETS
+    from evo_fpn.model.cost import count_params, detector_costs
+    from evo_fpn.training.config import PRESETS
 
     cfg = PRESETS["lite"].replace(image_size=64)
     assert (cfg.backbone, cfg.cell_conv) == ("mobilenet_v3_large", "separable3x3")
@@ -363,8 +363,8 @@ def test_a_p3_p6_mobilenet_detector_trains_and_detects_offline() -> None:
 def test_latency_is_the_median_of_timed_runs_with_the_device_named() -> None:
     import torch
 
-    from evo_fpn.latency import measure
-    from evo_fpn.proxy_config import PRESETS
+    from evo_fpn.model.latency import measure
+    from evo_fpn.training.config import PRESETS
 
     cfg = PRESETS["lite"].replace(image_size=64)
     model = cfg.build_detector(_lite_spec(), num_classes=3, with_backbone=True)
@@ -378,10 +378,10 @@ def test_latency_is_the_median_of_timed_runs_with_the_device_named() -> None:
 def test_costs_count_the_head_once_per_configuration_and_give_what_a_full_count_gives() -> None:
     import random
 
-    from evo_fpn import cost
-    from evo_fpn.proxy_config import PRESETS
-    from evo_fpn.space import NasFpnSpace
-    from evo_fpn.spec import PUBLISHED_NASFPN
+    from evo_fpn.arch.space import NasFpnSpace
+    from evo_fpn.arch.spec import PUBLISHED_NASFPN
+    from evo_fpn.model import cost
+    from evo_fpn.training.config import PRESETS
 
     cfg = PRESETS["default"]
     archs = [PUBLISHED_NASFPN, "torchvision_fpn", *(NasFpnSpace().sample(random.Random(i)) for i in range(2))]

@@ -2,7 +2,7 @@
 
 The optuna-dashboard test starts the real ``optuna-dashboard`` command on 127.0.0.1 and reads
 its HTTP API: the study with the user attrs, each trial's architecture artifact, and the
-study-level plotly figures saved by :func:`evo_fpn.report.refresh_study_figures`.
+study-level plotly figures saved by :func:`evo_fpn.viz.refresh.refresh_study_figures`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import pytest
 from optuna.artifacts import download_artifact, get_all_artifact_meta
 from study_factory import dashboard_server, get_json, shared_studies
 
-from evo_fpn import dashboard, report
-from evo_fpn.draw import spec_to_svg
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import ArchSpec
+from evo_fpn.arch.draw import spec_to_svg
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import ArchSpec
+from evo_fpn.cli.common import dashboard
+from evo_fpn.study import artifacts as report
+from evo_fpn.viz import refresh
 
 CONTRACT_ATTRS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "spec_hash", "worker")
 
@@ -61,14 +63,14 @@ def test_refresh_study_figures_overwrites_by_id(studies) -> None:
     from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
     study = studies.load(studies.costed)
-    assert report.refresh_study_figures(study) == list(report.FIGURE_IDS)
+    assert refresh.refresh_study_figures(study) == list(refresh.FIGURE_IDS)
     keys = _plot_keys(study)
-    report.refresh_study_figures(study)
+    refresh.refresh_study_figures(study)
     assert _plot_keys(study) == keys, "a refresh replaces, it does not pile up"
     # without FLOPs attrs (the runner's synthetic objective) the AP vs FLOPs figure is skipped
-    assert "ap-vs-flops" not in report.refresh_study_figures(studies.load("random-1"))
+    assert "ap-vs-flops" not in refresh.refresh_study_figures(studies.load("random-1"))
     graphs = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
-    assert set(graphs) == set(report.FIGURE_IDS)
+    assert set(graphs) == set(refresh.FIGURE_IDS)
     best = json.loads(graphs["best-so-far-ap"])
     assert max(v for v in best["data"][0]["y"] if v is not None) == pytest.approx(study.best_value)
 
@@ -83,12 +85,12 @@ def test_figures_callback_refreshes_as_the_study_grows(tmp_path: Path) -> None:
         trial.set_user_attr("spec_hash", spec.canonical_hash())
         return sum(c.op == "sum" for c in spec.cells) / 7
 
-    study.optimize(objective, n_trials=3, callbacks=[report.StudyFiguresCallback(every=4)])
+    study.optimize(objective, n_trials=3, callbacks=[refresh.StudyFiguresCallback(every=4)])
     assert _plot_keys(study) == []
-    study.optimize(objective, n_trials=1, callbacks=[report.StudyFiguresCallback(every=4)])
+    study.optimize(objective, n_trials=1, callbacks=[refresh.StudyFiguresCallback(every=4)])
     assert any(k.startswith("dashboard:plot_data:unique-architectures:") for k in _plot_keys(study))
     with pytest.raises(ValueError):
-        report.StudyFiguresCallback(every=0)
+        refresh.StudyFiguresCallback(every=0)
 
 
 def test_dashboard_command_and_artifact_dir() -> None:
@@ -102,7 +104,7 @@ def test_dashboard_command_and_artifact_dir() -> None:
 
 def test_optuna_dashboard_serves_attrs_artifacts_and_figures(studies) -> None:
     study = studies.load("evo-0")
-    report.refresh_study_figures(study)
+    refresh.refresh_study_figures(study)
     with dashboard_server(studies.storage, studies.artifact_dir) as base:
         summaries = get_json(base + "/api/studies")["study_summaries"]
         ids = {s["study_name"]: s["study_id"] for s in summaries}
@@ -133,7 +135,7 @@ def test_optuna_dashboard_serves_attrs_artifacts_and_figures(studies) -> None:
             if "cached_from" in trial.user_attrs:
                 assert attrs["cached_from"] == str(trial.user_attrs["cached_from"])
         graphs = {g["id"]: json.loads(g["graph_object"]) for g in detail["plotly_graph_objects"]}
-        assert set(graphs) == set(report.FIGURE_IDS) - {"ap-vs-flops"}  # no FLOPs in synthetic runs
+        assert set(graphs) == set(refresh.FIGURE_IDS) - {"ap-vs-flops"}  # no FLOPs in synthetic runs
         unique = graphs["unique-architectures"]["data"][0]["y"]
         assert unique[-1] == len({t.user_attrs["spec_hash"] for t in study.trials})
 

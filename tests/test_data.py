@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evo_fpn.data import DatasetError, DetectionDataset, load_dataset, load_split, resize_geometry
+from evo_fpn.data.coco import DatasetError, DetectionDataset, load_dataset, load_split, resize_geometry
 
 
 def make_dataset(root: Path, split: str = "train", *, images=None, annotations=None, categories=None) -> Path:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evo_fpn.cli import UsageError
-from evo_fpn.detector import Backbone, build_detector
-from evo_fpn.spec import PUBLISHED_NASFPN
+from evo_fpn.arch.spec import PUBLISHED_NASFPN
+from evo_fpn.cli.common import UsageError
+from evo_fpn.model.detector import Backbone, build_detector
 
 
 def targets() -> list[dict[str, torch.Tensor]]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evo_fpn.data import load_dataset
-from evo_fpn.digits import DigitsConfig, _sources, build_digits
+from evo_fpn.data.coco import load_dataset
+from evo_fpn.data.digits import DigitsConfig, _sources, build_digits
 
 TINY = DigitsConfig(train_images=12, val_images=6, image_size=64, min_scale=8, max_scale=48)
 

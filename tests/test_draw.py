@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evo_fpn.draw import spec_to_svg
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.arch.draw import spec_to_svg
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
 
 NS = "{http://www.w3.org/2000/svg}"
 SPACE = NasFpnSpace()

@@ -1,4 +1,4 @@
-"""``--enqueue FILE.json`` and ``--enqueue-top STUDY:K`` through ``evo_fpn.run.main``, on SQLite
+"""``--enqueue FILE.json`` and ``--enqueue-top STUDY:K`` through ``evo_fpn.cli.run.main``, on SQLite
 with the synthetic objective: what is enqueued, what is skipped, and bad input (one line, exit
 2, nothing written)."""
 
@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 from run_worker import load
 from run_worker import write_study as _write_study
 
-from evo_fpn import enqueue
-from evo_fpn.run import main
-from evo_fpn.space import NasFpnSpace, SpaceConfig
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.arch.space import NasFpnSpace, SpaceConfig
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.cli.run import main
+from evo_fpn.study import enqueue
 
 SPACE = NasFpnSpace()
 
@@ -287,7 +287,7 @@ def test_enqueue_top_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, ca
 def test_the_shipped_screen_study_feeds_the_default_study() -> None:
     """studies/screen.toml screens with the supernet on the default study's data and space, so
     ``--enqueue-top screen:20`` into a default-proxy study fits."""
-    from evo_fpn.config import load_config
+    from evo_fpn.study.config import load_config
 
     root = Path(__file__).resolve().parent.parent / "studies"
     screen, default = load_config(str(root / "screen.toml")), load_config(str(root / "default.toml"))

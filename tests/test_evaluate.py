@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evo_fpn.evaluate import METRIC_NAMES, coco_ap, gt_as_detections, sizes_present
+from evo_fpn.training.evaluate import METRIC_NAMES, coco_ap, gt_as_detections, sizes_present
 
 GT = {
     "images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],

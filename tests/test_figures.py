@@ -18,10 +18,10 @@ import pytest
 from optuna.trial import TrialState
 from study_factory import shared_studies
 
-from evo_fpn import figures
-from evo_fpn.figures import StudyData
+from evo_fpn.arch.spec import OPS
 from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
-from evo_fpn.spec import OPS
+from evo_fpn.viz import figures
+from evo_fpn.viz.figures import StudyData
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from evo_fpn.cost import neck_cost
-from evo_fpn.inspect import main
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.cli.inspect import main
+from evo_fpn.model.cost import neck_cost
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:

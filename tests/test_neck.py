@@ -16,8 +16,10 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from evo_fpn.cost import backbone_feature_shapes, count_flops, count_params, neck_cost
-from evo_fpn.neck import (
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec, Cell, make_spec
+from evo_fpn.model.cost import backbone_feature_shapes, count_flops, count_params, neck_cost
+from evo_fpn.model.neck import (
     BACKBONE_CHANNELS,
     GlobalPoolCell,
     NasFpn,
@@ -28,8 +30,6 @@ from evo_fpn.neck import (
     global_pool_merge,
     resample,
 )
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec, Cell, make_spec
 
 IN = (16, 24, 32)  # small C3..C5 channels for fast tests
 

@@ -9,11 +9,12 @@ from typing import Any
 import optuna
 import pytest
 
-from evo_fpn import objectives, record
-from evo_fpn.config import config_from_mapping
+from evo_fpn import record
+from evo_fpn.arch.spec import ArchSpec
+from evo_fpn.cli.run import main
 from evo_fpn.errors import UsageError
-from evo_fpn.run import main
-from evo_fpn.spec import ArchSpec
+from evo_fpn.study import registry as objectives
+from evo_fpn.study.config import config_from_mapping
 
 
 class CellCount:
@@ -127,8 +128,8 @@ class _CostlyTask:
 
 def test_a_trial_writes_each_user_attr_once() -> None:
     """Every user attr is one commit on an RDB: the costs written before training are not written again."""
-    from evo_fpn.objective import Objective
-    from evo_fpn.space import NasFpnSpace
+    from evo_fpn.arch.space import NasFpnSpace
+    from evo_fpn.study.objective import Objective
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     writes: list[str] = []

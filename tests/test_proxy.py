@@ -14,14 +14,14 @@ import optuna
 import pytest
 import torch
 
-from evo_fpn import features
-from evo_fpn.cli import UsageError
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.cli.common import UsageError
 from evo_fpn.errors import TrialFailed
-from evo_fpn.evaluate import sizes_present
-from evo_fpn.objective import Objective
-from evo_fpn.proxy import PRESETS, ProxyConfig, ProxyTask
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.study.objective import Objective
+from evo_fpn.tasks.proxy import PRESETS, ProxyConfig, ProxyTask
+from evo_fpn.training import features
+from evo_fpn.training.evaluate import sizes_present
 
 TINY = ProxyConfig(
     digits_train=32,
@@ -160,13 +160,13 @@ def _alive(pid: int) -> bool:
 
 
 def _seed_processes(parent: int | None = None) -> list[int]:
-    """Live children of ``parent`` (default: this process) running ``evo_fpn.seed_process``."""
+    """Live children of ``parent`` (default: this process) running ``evo_fpn.tasks.seed_process``."""
     found = []
     for d in Path("/proc").iterdir():
         info = _state_and_parent(d.name) if d.name.isdigit() else None
         if info and info[1] == (parent or os.getpid()) and info[0] != "Z":
             try:
-                if b"evo_fpn.seed_process" in (d / "cmdline").read_bytes():
+                if b"evo_fpn.tasks.seed_process" in (d / "cmdline").read_bytes():
                     found.append(int(d.name))
             except OSError:
                 continue
@@ -225,8 +225,8 @@ def _unguarded_script(path: Path, config: ProxyConfig, cache_dir: Path) -> Path:
     """A script that evaluates FPN-like with 2 threads and no ``if __name__ == "__main__"`` guard."""
     path.write_text(
         "import torch\n"
-        "from evo_fpn.proxy import ProxyConfig, ProxyTask\n"
-        "from evo_fpn.spec import FPN_LIKE\n"
+        "from evo_fpn.tasks.proxy import ProxyConfig, ProxyTask\n"
+        "from evo_fpn.arch.spec import FPN_LIKE\n"
         "torch.set_num_threads(2)\n"
         f"config = ProxyConfig.from_dict({config.to_dict()!r})\n"
         f"task = ProxyTask(config, device='cpu', progress=False, cache_dir={str(cache_dir)!r})\n"
@@ -302,9 +302,9 @@ def test_config_identity_and_checks() -> None:
 def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import evo_fpn.training as training
-    from evo_fpn.data import load_dataset
-    from evo_fpn.digits import build_digits
+    import evo_fpn.training.loop as training
+    from evo_fpn.data.coco import load_dataset
+    from evo_fpn.data.digits import build_digits
 
     _, val = load_dataset(build_digits(TINY.digits_config(), root=tmp_path))
     in_memory = training.load_inputs(val, 64, "plain", False)
@@ -318,7 +318,7 @@ def test_large_splits_are_decoded_per_batch(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_paper_preset_needs_a_dataset(tmp_path: Path) -> None:
-    from evo_fpn.data import DatasetError
+    from evo_fpn.data.coco import DatasetError
 
     with pytest.raises(DatasetError, match="need a dataset folder"):
         ProxyTask("paper", device="cpu", progress=False, cache_dir=tmp_path).prepare()
@@ -326,7 +326,7 @@ def test_paper_preset_needs_a_dataset(tmp_path: Path) -> None:
 
 # -- the cells-issue settings: each changes what it says and nothing else -------------------------
 def test_norm_recalibration_changes_statistics_not_weights(task: ProxyTask) -> None:
-    from evo_fpn.training import recalibrate_norms
+    from evo_fpn.training.loop import recalibrate_norms
 
     model = task.build(PUBLISHED_NASFPN)
     norms = [m for m in model.neck.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -342,7 +342,7 @@ def test_norm_recalibration_changes_statistics_not_weights(task: ProxyTask) -> N
 
 def test_anytime_averages_the_losses_of_every_repeat(task: ProxyTask) -> None:
     torch.manual_seed(0)
-    from evo_fpn.detector import build_detector
+    from evo_fpn.model.detector import build_detector
 
     model = build_detector(PUBLISHED_NASFPN, num_classes=task.num_classes, image_size=64, with_backbone=False,
                            width=16, repeats=2, head_depth=1, anytime=True)  # fmt: skip
@@ -368,7 +368,7 @@ def test_trial_settings_leave_the_backbone_cache_and_old_fingerprints_alone() ->
 
 
 def test_fpn_norm_puts_a_norm_into_torchvisions_fpn_only() -> None:
-    from evo_fpn.detector import build_detector
+    from evo_fpn.model.detector import build_detector
 
     def norms(arch: str, **kw: object) -> set[str]:
         model = build_detector(arch, num_classes=3, image_size=64, with_backbone=False, width=16, repeats=1, **kw)
@@ -383,7 +383,7 @@ def test_fpn_norm_puts_a_norm_into_torchvisions_fpn_only() -> None:
 
 
 def test_no_norm_decay_decays_conv_weights_only(task: ProxyTask) -> None:
-    from evo_fpn.training import make_optimizer
+    from evo_fpn.training.loop import make_optimizer
 
     model = task.build(PUBLISHED_NASFPN)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -411,7 +411,7 @@ OTHER_VALUES: dict[str, object] = {
 def test_every_setting_the_stage_can_read_is_in_the_backbone_key() -> None:
     import dataclasses
 
-    from evo_fpn.proxy_config import STAGE_FIELDS
+    from evo_fpn.training.config import STAGE_FIELDS
 
     names = {f.name for f in dataclasses.fields(ProxyConfig)}
     assert set(OTHER_VALUES) == names, "classify the new ProxyConfig field here: give it another valid value"
@@ -431,7 +431,7 @@ def test_every_setting_the_stage_can_read_is_in_the_backbone_key() -> None:
 
 
 def test_the_stage_is_built_from_the_stage_config_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import evo_fpn.features as features
+    import evo_fpn.training.features as features
 
     seen: list[ProxyConfig] = []
 
@@ -459,7 +459,7 @@ def test_latency_times_the_whole_detector_on_the_tasks_device(task: ProxyTask) -
 
 
 def test_costs_counted_without_training_equal_the_built_models(task: ProxyTask) -> None:
-    from evo_fpn.cost import count_flops, count_params
+    from evo_fpn.model.cost import count_flops, count_params
 
     for arch in (PUBLISHED_NASFPN, "torchvision_fpn"):
         costs = task.costs(arch)

@@ -17,9 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from run_worker import load, run, start, states, wait_for, write_study
 
-from evo_fpn.run import main
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN
+from evo_fpn.cli.run import main
 from evo_fpn.samplers.evolution import parent_of
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN
 
 
 @pytest.fixture(autouse=True)
@@ -296,7 +296,7 @@ def test_bad_input_as_a_real_command_has_no_traceback(tmp_path: Path) -> None:
 def test_existing_non_evo_fpn_study_is_not_touched(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("evo_fpn.study_open.FINGERPRINT_WAIT_S", 0.5)
+    monkeypatch.setattr("evo_fpn.study.open.FINGERPRINT_WAIT_S", 0.5)
     write_study(tmp_path, n_trials=2)
     (tmp_path / "studies").mkdir()
     url = url_of(tmp_path)
@@ -334,7 +334,7 @@ def test_resumed_evolution_study_continues_exactly_as_an_uninterrupted_one(tmp_p
 
 
 def test_busy_cpu_hint_only_for_cpu_training_with_default_threads_on_a_loaded_machine(tmp_path: Path) -> None:
-    from evo_fpn.run import build_parser, busy_cpu_hint, prepare
+    from evo_fpn.cli.run import build_parser, busy_cpu_hint, prepare
 
     def prepared(*extra: str):  # validation only: prepare() writes nothing
         argv = ["--study", "quick", "--storage", f"sqlite:///{tmp_path}/s.db", *extra]
@@ -350,48 +350,10 @@ def test_busy_cpu_hint_only_for_cpu_training_with_default_threads_on_a_loaded_ma
     assert not (tmp_path / "s.db").exists()
 
 
-RUNNER_MODULES = ("run", "factories", "study_open", "budget", "workers", "summary", "analysis")
-
-
-def test_runner_modules_import_only_downwards() -> None:
-    """One concern per module and no import cycle: run -> workers -> budget -> summary, etc."""
-    import ast
-    import importlib
-
-    edges: dict[str, set[str]] = {}
-    for name in RUNNER_MODULES:
-        tree = ast.parse(Path(importlib.import_module(f"evo_fpn.{name}").__file__).read_text())
-        edges[name] = {
-            node.module.removeprefix("evo_fpn.")
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("evo_fpn.")
-        } & set(RUNNER_MODULES)
-
-    def reaches(a: str, b: str, seen: frozenset[str] = frozenset()) -> bool:
-        return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in edges[a])
-
-    assert not [m for m in RUNNER_MODULES if reaches(m, m)]
-    assert not any("run" in deps for deps in edges.values())  # nothing imports the command line
-
-
-def test_the_runners_public_names_are_still_importable_from_run() -> None:
-    import evo_fpn.run as run
-    from evo_fpn import budget, factories, study_open, summary, workers
-
-    for module in (budget, factories, study_open, summary, workers):
-        for name in [n for n in vars(module) if not n.startswith("_") and n.isidentifier()]:
-            value = getattr(module, name)
-            if getattr(value, "__module__", None) == module.__name__ or name.isupper():
-                if name in run.__all__:
-                    assert getattr(run, name) is value, name
-    assert set(run.__all__) <= set(vars(run))
-    assert {"open_study", "count_trials", "run_worker", "spawn_workers", "summary", "Progress"} <= set(run.__all__)
-
-
 def test_summary_names_the_best_trial_in_the_studys_direction() -> None:
     from optuna.trial import create_trial
 
-    from evo_fpn.summary import summary
+    from evo_fpn.study.summary import summary
 
     for direction, best in (("maximize", 2), ("minimize", 0)):
         study = optuna.create_study(study_name="s", direction=direction)

@@ -15,8 +15,8 @@ import sqlalchemy
 from optuna.trial import TrialState
 from run_worker import load, run, start, states, wait_for, write_study
 
-from evo_fpn.run import main
-from evo_fpn.testing_pg import PgCluster, free_port
+from evo_fpn.cli.run import main
+from evo_fpn.storage.testing_pg import PgCluster, free_port
 
 pytestmark = pytest.mark.postgres
 

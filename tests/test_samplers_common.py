@@ -16,10 +16,10 @@ from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 from optuna.trial import TrialState
 from samplers_worker import fast_dir, make_storage, toy_value
 
+from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import SAMPLER_NAMES, AgingEvolutionSampler, ChoiceConstraints, RLControllerSampler, make_sampler
 from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
 from evo_fpn.samplers.rl import SAMPLE_KEY
-from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = NasFpnSpace()

@@ -16,9 +16,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
+from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import AgingEvolutionSampler
 from evo_fpn.samplers.evolution import LEGACY_LINEAGE_KEY, LINEAGE_ATTR, lineage_record, mutation_of, parent_of
-from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = NasFpnSpace()

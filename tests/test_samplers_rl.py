@@ -16,9 +16,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from samplers_worker import fast_dir, toy_value
 
+from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import RLControllerSampler
 from evo_fpn.samplers.rl import CHECKPOINT_KEY, SAMPLE_KEY
-from evo_fpn.space import NasFpnSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = NasFpnSpace()

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evo_fpn.space import NasFpnSpace, SpaceConfig
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec, SpecError, make_spec
+from evo_fpn.arch.space import NasFpnSpace, SpaceConfig
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec, SpecError, make_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = NasFpnSpace()

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evo_fpn.space import NasFpnSpace
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, REFERENCE_SPECS, ArchSpec, Cell, SpecError, make_spec
+from evo_fpn.arch.space import NasFpnSpace
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, REFERENCE_SPECS, ArchSpec, Cell, SpecError, make_spec
 
 PUBLISHED_CELLS = [
     (4, "global_pool", (1, 3), False),

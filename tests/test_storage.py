@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from evo_fpn import report
-from evo_fpn.storage import StorageError, _scrub, mask_url, parse_url
+from evo_fpn.storage.rdb import StorageError, _scrub, mask_url, parse_url
+from evo_fpn.study import artifacts as report
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Many workers, few connections, and a database that restarts: the storage server and the waits.
 
-Real PostgreSQL clusters (:mod:`evo_fpn.testing_pg`), a real ``python -m evo_fpn.storage_server``
+Real PostgreSQL clusters (:mod:`evo_fpn.storage.testing_pg`), a real ``python -m evo_fpn.storage_server``
 and real ``python -m evo_fpn.run`` workers on the synthetic objective.
 """
 
@@ -16,9 +16,9 @@ import pytest
 from optuna.trial import TrialState
 from run_worker import load, start, start_server, states, stop, wait_for, write_study
 
-from evo_fpn import storage as st
-from evo_fpn.storage_retry import StorageUnavailable, Waiter, call_with_retry, is_transient
-from evo_fpn.testing_pg import PgCluster, PgUnavailable, free_port
+from evo_fpn.storage import rdb as st
+from evo_fpn.storage.retry import StorageUnavailable, Waiter, call_with_retry, is_transient
+from evo_fpn.storage.testing_pg import PgCluster, PgUnavailable, free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -116,7 +116,7 @@ def test_a_worker_waits_for_a_database_that_comes_up_late(tmp_path: Path) -> Non
 
 
 def _start_on_port(cluster: PgCluster, port: int) -> None:
-    import evo_fpn.testing_pg as tp
+    import evo_fpn.storage.testing_pg as tp
 
     real = tp.free_port
     tp.free_port = lambda: port  # type: ignore[assignment]
@@ -280,7 +280,7 @@ def test_grpc_urls_are_parsed_and_bad_ones_named(tmp_path: Path) -> None:
 def test_a_missing_server_is_one_line_after_the_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from evo_fpn.run import main
+    from evo_fpn.cli.run import main
 
     write_study(tmp_path, n_trials=2)
     monkeypatch.setenv("EVO_FPN_STORAGE_WAIT", "1")

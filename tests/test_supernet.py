@@ -16,17 +16,17 @@ import pytest
 import torch
 from test_proxy import TINY  # the proxy tests' tiny configuration
 
-from evo_fpn import features as features_module
 from evo_fpn import record
-from evo_fpn.cli import UsageError
+from evo_fpn.arch.space import NasFpnSpace, SpaceConfig
+from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
+from evo_fpn.cli.common import UsageError
+from evo_fpn.cli.run import main
 from evo_fpn.errors import TrialFailed
-from evo_fpn.features import build_once
-from evo_fpn.neck import NasFpn
-from evo_fpn.proxy import ProxyConfig
-from evo_fpn.run import main
-from evo_fpn.space import NasFpnSpace, SpaceConfig
-from evo_fpn.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
-from evo_fpn.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
+from evo_fpn.model.neck import NasFpn
+from evo_fpn.tasks.proxy import ProxyConfig
+from evo_fpn.tasks.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
+from evo_fpn.training import features as features_module
+from evo_fpn.training.features import build_once
 
 TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evo_fpn.spec import PUBLISHED_NASFPN
-from evo_fpn.train import main
+from evo_fpn.arch.spec import PUBLISHED_NASFPN
+from evo_fpn.cli.train import main
 
 TINY = [
     "--preset", "quick", "--no-progress", "--device", "cpu", "--threads", "1",

@@ -1,0 +1,82 @@
+"""Shared command-line plumbing: bad input becomes one clear line and exit code 2.
+
+Every ``python -m evo_fpn.X`` entry point wraps its ``main`` with :func:`guard`, and raises
+:class:`UsageError` (or one of the library's own error types) for anything the user can fix.
+The pieces every entry point shares live here once, so they cannot drift apart:
+:class:`ArgumentParser` (a bad flag is a ``UsageError``), :func:`parse_sets` (``--set
+KEY=VALUE`` with TOML values) and :func:`load_arch` (an architecture named on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from evo_fpn.arch.load import TORCHVISION_FPN, load_arch  # noqa: F401  (the entry points name architectures)
+from evo_fpn.arch.spec import SpecError
+from evo_fpn.errors import DatasetError, TrialFailed, UsageError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+F = TypeVar("F", bound=Callable[..., int | None])
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, SpecError, DatasetError, TrialFailed)
+"""Exception types shown as one line (exit 2) instead of a traceback (subclasses included)."""
+
+
+def fail(message: str, code: int = 2) -> int:
+    """Print ``error: message`` (one line) to stderr and return ``code``."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def guard(main: F) -> F:
+    """Run ``main``; user errors print one line and exit 2, Ctrl-C exits 130."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as exc:
+            return fail(str(exc))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error:`` line (exit 2 via :func:`guard`) like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs -> ``{KEY: value}``, values read as TOML.
+
+    ``2`` is an int, ``0.5`` a float, ``true`` a bool, ``[1, 2]`` a list, ``"text"`` or a bare
+    word (``group``) text. Keys are kept as written (``proxy.epochs``): the caller knows what
+    they name. A later pair overrides an earlier one; an item without ``=`` or without a key
+    is a :class:`UsageError`.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set {item!r} must look like KEY=VALUE, e.g. proxy.epochs=2")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
