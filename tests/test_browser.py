@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from study_factory import dashboard_server, get_json, shared_studies
 
-from evo_fpn.cli.common import dashboard
+from evo_fpn.cli import dashboard
 from evo_fpn.viz import figures, refresh
 from evo_fpn.viz.figures import StudyData
 

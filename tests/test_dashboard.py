@@ -21,7 +21,7 @@ from study_factory import dashboard_server, get_json, shared_studies
 from evo_fpn.arch.draw import spec_to_svg
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.arch.spec import ArchSpec
-from evo_fpn.cli.common import dashboard
+from evo_fpn.cli import dashboard
 from evo_fpn.study import artifacts as report
 from evo_fpn.viz import refresh
 
