@@ -9,8 +9,8 @@ import pytest
 
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, SpecError
-from evo_fpn.cli.common import ArgumentParser, UsageError, load_arch, parse_sets
 from evo_fpn.cli import common as cli
+from evo_fpn.cli.common import ArgumentParser, UsageError, load_arch, parse_sets
 
 
 def test_a_bad_flag_is_a_usage_error_naming_the_command() -> None:

@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evo_fpn.errors import UsageError
 from evo_fpn.storage import rdb as st
 from evo_fpn.study.analysis import FINISHED, best_value, objective_value
-from evo_fpn.study.objective import Objective
+from evo_fpn.study.objective import Objective, requeue_interrupted
 from evo_fpn.study.summary import Progress
 
 
@@ -138,8 +138,13 @@ def _budget_loop(
             else:
                 action = "run"
                 seen["last"] = None
+                objective.current = None
                 try:
                     study.optimize(objective, n_trials=1, catch=objective.failures, callbacks=[on_trial, *callbacks])
+                except KeyboardInterrupt:
+                    if objective.current is not None:
+                        requeue_interrupted(study, objective.current)
+                    raise
                 except ValueError as exc:
                     if not str(exc).startswith("Cannot tell a FAIL trial"):
                         raise

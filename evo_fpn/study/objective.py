@@ -25,6 +25,9 @@ from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.limits import Budgets
 from evo_fpn.tasks.base import Task, worker_id
 
+INTERRUPTED = "interrupted (Ctrl-C): queued again with the same architecture"
+"""The ``fail_reason`` of a trial stopped by Ctrl-C; its retry evaluates the same parameters."""
+
 METRIC_ATTRS: tuple[str, ...] = record.REUSED
 """User attrs copied from the earlier trial when a duplicate architecture is re-used."""
 
@@ -97,8 +100,17 @@ class Objective:
             raise ValueError("latency_ms is an objective or a budget: pass latency=(warmup, runs)")
         self.latency = latency
         self.worker = worker_id()
+        self.current: int | None = None  # the number of the trial this worker is evaluating
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.current = trial.number
+        try:
+            return self._evaluate(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(record.FAIL_REASON, INTERRUPTED)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial) -> float | list[float]:
         if self.on_start is not None:
             self.on_start()
         trial.set_user_attr(record.WORKER, self.worker)
@@ -142,6 +154,29 @@ class Objective:
             raise
         record.write_metrics(trial, metrics, written)  # the training's metrics; the costs are not written twice
         return record.study_values(metrics, self.value_names)
+
+
+def requeue_interrupted(study: optuna.Study, number: int) -> bool:
+    """Queue trial ``number`` again with the same parameters after a Ctrl-C, as Optuna's
+    heartbeat retry queues a killed worker's trial (same ``failed_trial``/``retry_history``
+    system attrs), so the next run evaluates that architecture; return whether it queued one
+    (not when the trial finished before the interrupt)."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING):
+        return False
+    if trial.state == TrialState.RUNNING:  # interrupted before Optuna's own tell
+        study.tell(number, state=TrialState.FAIL)
+    if trial.user_attrs.get(record.FAIL_REASON) != INTERRUPTED:
+        study._storage.set_trial_user_attr(trial._trial_id, record.FAIL_REASON, INTERRUPTED)
+    system_attrs = {**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", number)}
+    system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), number]
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            system_attrs=system_attrs,
+        )
+    )  # fmt: skip
+    return True
 
 
 def find_duplicate(study: optuna.Study, spec_hash: str, number: int) -> optuna.trial.FrozenTrial | None:

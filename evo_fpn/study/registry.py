@@ -67,6 +67,9 @@ class ObjectiveType:
     build: Callable[[StudySettings, Mapping[str, Any], bool], Built]
     failures: tuple[type[BaseException], ...] = ()
     description: str = ""
+    check: Callable[[StudySettings, Mapping[str, Any]], None] | None = None
+    """Validates the objective's table without building anything, for studies that hold the
+    table but use another objective (a typo there is refused whatever the objective)."""
 
 
 REGISTRY: dict[str, ObjectiveType] = {}
@@ -109,6 +112,10 @@ def build(cfg: StudySettings, *, progress: bool) -> Built:
     refused here, before anything is written. Its cost-aware settings join the fingerprint
     (:meth:`~evo_fpn.study.config.StudyConfig.cost_aware`; none for a plain AP study)."""
     objective = get(cfg.objective)
+    for other in REGISTRY.values():
+        table = cfg.settings.get(other.section)
+        if other is not objective and table and other.check is not None:
+            other.check(cfg, table)
     built = objective.build(cfg, cfg.settings.get(objective.section, {}), progress)
     built.failures = tuple(dict.fromkeys((*objective.failures, *built.failures)))
     built.fingerprint = {"objective": objective.name, **built.fingerprint, **cfg.cost_aware()}
@@ -181,10 +188,35 @@ def _proxy_config(cfg: StudySettings, settings: Mapping[str, Any]) -> ProxyConfi
     return pcfg
 
 
-register(ObjectiveType("proxy", "proxy", _build_proxy, (TrialFailed,), "train each architecture on the proxy task"))
-register(ObjectiveType("synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner"))
+def _check_synthetic(cfg: StudySettings, settings: Mapping[str, Any]) -> None:
+    _build_synthetic(cfg, settings, False)  # building it is free: no torch, nothing prepared
+
+
+def _check_proxy(cfg: StudySettings, settings: Mapping[str, Any]) -> None:
+    _proxy_config(cfg, settings)
+
+
+def _check_supernet(cfg: StudySettings, settings: Mapping[str, Any]) -> None:
+    from evo_fpn.tasks import supernet
+
+    supernet.SupernetConfig.from_dict(settings)
+
+
 register(
     ObjectiveType(
-        "supernet", "supernet", _build_supernet, (TrialFailed,), "score each architecture with shared weights (seconds)"
+        "proxy", "proxy", _build_proxy, (TrialFailed,), "train each architecture on the proxy task", _check_proxy
+    )
+)
+register(
+    ObjectiveType("synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner", _check_synthetic)
+)
+register(
+    ObjectiveType(
+        "supernet",
+        "supernet",
+        _build_supernet,
+        (TrialFailed,),
+        "score each architecture with shared weights (seconds)",
+        _check_supernet,
     )
 )

@@ -1,0 +1,103 @@
+"""Fault drills: what a Ctrl-C, a damaged cache or bad settings leave behind.
+
+Workers are real ``python -m evo_fpn.run`` processes on the synthetic objective, interrupted
+with a real SIGINT while a trial runs, then resumed: the study must end with its exact budget,
+the interrupted architecture evaluated and nothing trained twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from run_worker import load, run, start, wait_for, write_study
+
+from evo_fpn import record
+from evo_fpn.study.objective import INTERRUPTED
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+
+
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+
+
+def interrupt_mid_trial(proc: subprocess.Popen, url: str, *, at: int) -> list[int]:
+    """SIGINT ``proc`` once ``at`` trials finished and one runs; the numbers that were running."""
+
+    def busy() -> list[int]:
+        try:
+            study = load(url)
+        except KeyError:  # not created yet
+            return []
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        started = [t.number for t in running(study) if record.SPEC in t.user_attrs]  # past suggest: mid-trial
+        return started if len(done) >= at else []
+
+    numbers = wait_for(busy, 120, f"a running trial after {at} finished")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    return numbers
+
+
+def check_resumed(url: str, n_trials: int, interrupted: list[int]) -> None:
+    trials = load(url).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for number in interrupted:
+        stopped = trials[number]
+        assert stopped.state == TrialState.FAIL and stopped.user_attrs[record.FAIL_REASON] == INTERRUPTED
+        again = [t for t in complete if t.system_attrs.get("failed_trial") == number]
+        assert len(again) == 1 and again[0].params == stopped.params  # the same architecture, evaluated
+        assert again[0].user_attrs[record.SPEC_HASH] == stopped.user_attrs[record.SPEC_HASH]
+    trained = [t.user_attrs[record.SPEC_HASH] for t in complete if record.CACHED_FROM not in t.user_attrs]
+    assert len(trained) == len(set(trained))  # nothing trained twice
+
+
+def test_ctrl_c_queues_the_interrupted_reference_again_on_sqlite(tmp_path: Path) -> None:
+    write_study(tmp_path, n_trials=5, sleep=4.0)
+    url = f"sqlite:///{tmp_path}/syn.db"
+    proc = start(["--study", "syn.toml", "--storage", url, "--enqueue-references"], tmp_path)
+    interrupted = interrupt_mid_trial(proc, url, at=1)  # #1, the enqueued FPN-like reference, runs
+    assert interrupted == [1]
+    study = load(url)
+    assert [t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING] == [2]
+    done = run(["--study", "syn.toml", "--storage", url, "--enqueue-references"], tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    check_resumed(url, 5, interrupted)
+
+
+@pytest.mark.postgres
+def test_ctrl_c_with_two_workers_on_postgresql_loses_nothing(tmp_path: Path, pg_url: str) -> None:
+    write_study(tmp_path, n_trials=6, sleep=4.0)
+    args = ["--study", "syn.toml", "--storage", pg_url, "--enqueue-references", "--workers", "2"]
+    proc = start(args, tmp_path)
+    interrupted = interrupt_mid_trial(proc, pg_url, at=0)
+    assert interrupted
+    done = run(args, tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr
+    check_resumed(pg_url, 6, interrupted)
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [("proxy.epochz=2", "'epochz'"), ("proxy.epochs=abc", "proxy"), ("supernet.foo=1", "'foo'")],
+)
+def test_a_typo_in_another_objectives_table_is_refused(tmp_path: Path, setting: str, named: str) -> None:
+    write_study(tmp_path, n_trials=2)
+    url = f"sqlite:///{tmp_path}/syn.db"
+    done = run(["--study", "syn.toml", "--storage", url, "--set", setting], tmp_path)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], done.stderr
+    assert not (tmp_path / "syn.db").exists()
