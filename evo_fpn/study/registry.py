@@ -208,7 +208,9 @@ register(
     )
 )
 register(
-    ObjectiveType("synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner", _check_synthetic)
+    ObjectiveType(
+        "synthetic", "synthetic", _build_synthetic, (), "a cheap stand-in to test the runner", _check_synthetic
+    )
 )
 register(
     ObjectiveType(
