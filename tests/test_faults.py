@@ -101,3 +101,22 @@ def test_a_typo_in_another_objectives_table_is_refused(tmp_path: Path, setting: 
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], done.stderr
     assert not (tmp_path / "syn.db").exists()
+
+
+def test_a_changed_setting_is_refused_before_any_stage_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy study re-run with another preset: one line at once, no dataset, no backbone stage."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVO_FPN_CACHE", str(cache))
+    url = f"sqlite:///{tmp_path}/quick.db"
+    study = optuna.create_study(study_name="quick", storage=url, direction="maximize")
+    study.set_user_attr("fingerprint", "0123456789abcdef")  # as a quick study made elsewhere records it
+    study.set_user_attr("config", {"proxy": {"epochs": 1.0}})
+    quick = Path(__file__).resolve().parents[1] / "studies" / "quick.toml"
+    done = run(["--study", str(quick), "--storage", url, "--preset", "default", "--n-trials", "5"], tmp_path)
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "fingerprint 0123456789abcdef != " in err[0] and "--new-study" in err[0], done.stderr
+    assert not cache.exists() or not any(cache.rglob("*.pt"))
+    assert load(url, "quick").trials == []

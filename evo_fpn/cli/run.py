@@ -57,6 +57,7 @@ from evo_fpn.study.factories import build_pruner, build_sampler, worker_index, w
 from evo_fpn.study.objective import Objective
 from evo_fpn.study.open import (
     Prepared,
+    check_stored_fingerprint,
     missing_stage_warning,
     open_study,
 )
@@ -190,7 +191,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     show_progress = args.progress and not args.child
     info = build_task(cfg, progress=show_progress)
     parts = {**info.fingerprint, "space": cfg.space.to_dict()}
+    resolved = {**cfg.to_dict(), **info.resolved}
     st.check_storage(url)
+    check_stored_fingerprint(url, cfg.name, fingerprint(parts), resolved)  # before any stage is built
     note = None if args.child else missing_stage_warning(url, cfg.name, info.task)
     if note:
         print(note, file=sys.stderr)
@@ -205,7 +208,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         pruner=pruner,
         fingerprint=fingerprint(parts),
         fingerprint_parts=parts,
-        resolved={**cfg.to_dict(), **info.resolved},
+        resolved=resolved,
         artifact_dir=artifact_dir,
         seed=seed,
         index=index,

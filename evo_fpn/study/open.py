@@ -89,13 +89,9 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
                 f"study {cfg.name!r} in {st.mask_url(p.url)} was not made by evo_fpn.run (no fingerprint): "
                 "choose another name with --new-study NAME"
             )
-        if stored != p.fingerprint:
-            diff = _config_diff(study.user_attrs.get("config", {}), p.resolved)
-            raise UsageError(
-                f"study {cfg.name!r} in {st.mask_url(p.url)} was run with a different proxy task or search space "
-                f"(fingerprint {stored} != {p.fingerprint}{'; differs in ' + diff if diff else ''}): rerun it with "
-                f"its original settings, or start a new study with --new-study NAME"
-            )
+        _refuse_other_fingerprint(
+            cfg.name, p.url, stored, p.fingerprint, study.user_attrs.get("config", {}), p.resolved
+        )
         wanted = [optuna.study.StudyDirection[d.upper()] for d in record.directions(cfg.value_names)]
         if study.directions != wanted:
             raise UsageError(
@@ -125,6 +121,32 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
         for name, spec in REFERENCE_SPECS.items():
             study.enqueue_trial(p.space.encode(spec), user_attrs={"reference": name}, skip_if_exists=True)
     return study, created
+
+
+def check_stored_fingerprint(url: str, name: str, fingerprint: str, resolved: dict[str, Any]) -> None:
+    """Refuse, before anything is built or written, a stored study ``name`` of other settings.
+
+    :func:`open_study` checks again once the study is open (a worker may create it meanwhile);
+    this early read exists so that a changed setting costs one line, not a backbone stage."""
+    if not st.study_exists(url, name):
+        return
+    with st.reader(url) as storage:
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    stored = attrs.get("fingerprint")
+    if stored is not None:
+        _refuse_other_fingerprint(name, url, stored, fingerprint, attrs.get("config", {}), resolved)
+
+
+def _refuse_other_fingerprint(
+    name: str, url: str, stored: str, fingerprint: str, old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    if stored != fingerprint:
+        diff = _config_diff(old, new)
+        raise UsageError(
+            f"study {name!r} in {st.mask_url(url)} was run with a different proxy task or search space "
+            f"(fingerprint {stored} != {fingerprint}{'; differs in ' + diff if diff else ''}): rerun it with "
+            f"its original settings, or start a new study with --new-study NAME"
+        )
 
 
 def finished_builds(storage: optuna.storages.BaseStorage, study_id: int) -> list[str | None]:
