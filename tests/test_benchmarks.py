@@ -1,4 +1,4 @@
-"""The benchmarks' fixed inputs: what the README's fidelity and noise figures rest on."""
+"""The benchmarks' fixed inputs: what the fidelity and noise figures of docs/benchmarks/ rest on."""
 
 from __future__ import annotations
 
