@@ -154,8 +154,13 @@ def record_key(record: dict[str, Any]) -> str | None:
 
 
 def applies(arch: str, setting: str, mode: str = "proxy") -> bool:
-    """Whether ``setting`` changes what ``arch`` trains (else its run would repeat ``default``'s)."""
-    return setting == "default" or _as_built(config_for(mode, setting), arch) != _as_built(base_config(mode), arch)
+    """Whether ``setting`` trains something for ``arch`` that no setting before it trains (else
+    its runs and its row would repeat that one's: ``fpn_batch16`` in the proxy is ``fpn_batch``)."""
+    if setting == "default":
+        return True
+    built = _as_built(config_for(mode, setting), arch)
+    earlier = list(SETTINGS)[: list(SETTINGS).index(setting)]
+    return all(built != _as_built(config_for(mode, other), arch) for other in earlier)
 
 
 def load_records(path: Path = RECORDS) -> list[dict[str, Any]]:
