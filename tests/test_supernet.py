@@ -26,7 +26,7 @@ from evo_fpn.model.neck import NasFpn
 from evo_fpn.tasks.proxy import ProxyConfig
 from evo_fpn.tasks.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
 from evo_fpn.training import features as features_module
-from evo_fpn.training.features import build_once
+from evo_fpn.training.cache import build_once
 
 TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
 

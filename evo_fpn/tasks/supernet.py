@@ -17,7 +17,7 @@ trained state (so no trial depends on the one before), re-estimates the BatchNor
 of that wiring on training batches (as SPOS and DetNAS do; GroupNorm cells need none), and
 scores COCO AP on the val split. The supernet is trained once per (proxy configuration,
 space, supernet settings), on the cached backbone features, and cached on disk next to them
-(:func:`evo_fpn.training.features.build_once`: file lock, atomic write), so every worker on a machine
+(:func:`evo_fpn.training.cache.load_verified`: file lock, atomic write, checksum), so every worker on a machine
 shares one. Whether its ranking can be trusted is measured, never assumed:
 ``python -m benchmarks.bench_supernet``.
 """
@@ -46,9 +46,10 @@ from evo_fpn.model.neck import NasFpn, NormFactory
 from evo_fpn.record import BACKBONE_BUILD, Reporter
 from evo_fpn.tasks.base import worker_id
 from evo_fpn.tasks.proxy import ProxyTask
+from evo_fpn.training.cache import load_verified
 from evo_fpn.training.config import ProxyConfig
 from evo_fpn.training.evaluate import coco_ap
-from evo_fpn.training.features import FeatureStore, build_once
+from evo_fpn.training.features import FeatureStore
 from evo_fpn.training.loop import predict, recalibrate_norms, total_steps, train_detector
 
 SUPERNET_FORMAT_VERSION = 1
@@ -412,16 +413,13 @@ class SupernetTask:
             if self.supernet.split:
                 what = f"{self.supernet.split_epochs:g} epochs a part of {self.supernet.split}, from the one-shot"
             print(f"training the supernet once for this configuration ({what}) -> {path}")
-        build_once(
+        blob = load_verified(
             path,
             lambda: train_supernet(
                 store, self.config, self.space, self.supernet, progress=self.progress, start=self._one_shot_state()
             ),
+            what="supernet",
         )
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
-            raise UsageError(f"{path}: unreadable supernet ({exc}); delete the file to retrain it") from None
         self.meta = dict(blob["meta"])
         self.checkpoints = tuple(blob["checkpoints"])
         self._shots = blob.get("shots", {})

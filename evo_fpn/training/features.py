@@ -18,12 +18,10 @@ the build, and every cached-feature trial records it (``backbone_build``).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from evo_fpn.data.coco import DatasetError, Split, load_dataset
 from evo_fpn.data.digits import build_digits, cache_root
 from evo_fpn.model.cost import count_flops
 from evo_fpn.model.detector import freeze
+from evo_fpn.training.cache import load_verified
 from evo_fpn.training.config import STAGE_FIELDS, ProxyConfig
 from evo_fpn.training.evaluate import coco_ap
 from evo_fpn.training.loop import Inputs, autocast, load_inputs, predict, resolve_device, train_detector
@@ -109,16 +108,13 @@ class FeatureStore:
 
     def _load_cache(self, train_split: Split, val_split: Split) -> None:
         path = self.cache_path()
-        build_once(
+        blob = load_verified(
             path,
             lambda: build_stage(
                 self.config.stage_config(), train_split, val_split, device=self.device, progress=self.progress
             ),
+            what="backbone stage",
         )
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache is rebuilt by deleting it
-            raise DatasetError(f"{path}: unreadable backbone cache ({exc}); delete the file to rebuild it") from None
         train = Inputs(train_split, blob["train_scales"], blob["train_targets"], features=blob["train"])
         val = Inputs(val_split, blob["val_scales"], blob["val_targets"], features=blob["val"])
         if len(train) != len(train_split) or len(val) != len(val_split):
@@ -199,29 +195,3 @@ def build_stage(
             "config": {k: config.to_dict()[k] for k in STAGE_FIELDS},
         },
     }
-
-
-def build_once(path: Path, build: Callable[[], dict[str, Any]]) -> None:
-    """Make sure ``path`` exists: one process per machine runs ``build`` under a file lock while
-    the others wait, and the result is written atomically, so no half-written file is ever read
-    and a builder killed midway leaves nothing behind (the next one takes the lock and builds)."""
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.is_file():
-            _save_atomically(build(), path)
-
-
-def _save_atomically(blob: dict[str, Any], path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
