@@ -100,6 +100,45 @@ def test_grouped_curves_mean_and_band_over_seeds(studies) -> None:
     assert "seconds" in time_fig.layout.xaxis.title.text  # a few-second study gets a seconds axis
 
 
+def test_constant_best_ap_is_drawn_at_its_value() -> None:
+    """Issue 30: one AP over every trial was a flat line at about 0 on plotly's -1..1 axis."""
+    study = optuna.create_study(direction="maximize")
+    for flops in (1e9, 2e9, 3e9, 4e9):
+        study.add_trial(optuna.trial.create_trial(value=0.0247, user_attrs={"ap": 0.0247, "neck_flops": flops}))
+    data = StudyData.from_study(study)
+    for fig in (
+        figures.best_so_far_figure([data], x="trial"),
+        figures.best_so_far_figure([data], x="time"),
+        figures.best_so_far_figure([data], x="trial", group=True),
+        figures.ap_vs_flops_figure(data),
+    ):
+        lo, hi = fig.layout.yaxis.range
+        assert lo < 0.0247 < hi, fig.layout.title.text
+        assert 0 < lo and hi - lo <= 0.05, f"{fig.layout.title.text}: {lo}..{hi} hides the value"
+
+
+def _finite_y(fig) -> list[float]:
+    return [float(v) for t in fig.data if t.y is not None for v in t.y if v is not None and math.isfinite(v)]
+
+
+def test_y_axes_fit_the_data(studies, evo: StudyData) -> None:
+    datas = [StudyData.from_study(studies.load(n)) for n in studies.names]
+    costed = StudyData.from_study(studies.load(studies.costed))
+    for fig in (
+        figures.best_so_far_figure(datas, x="trial"),
+        figures.best_so_far_figure(datas, x="time", group=True),
+        figures.ap_vs_flops_figure(costed),
+        figures.unique_architectures_figure(datas),
+        figures.lineage_figure(evo),
+    ):
+        ys = _finite_y(fig)
+        lo, hi = fig.layout.yaxis.range
+        span = max(ys) - min(ys)
+        assert span > 0
+        # every point on the axis, with a margin of a few percent of the data's span, no more
+        assert min(ys) - 0.1 * span <= lo < min(ys) and max(ys) < hi <= max(ys) + 0.1 * span, fig.layout.title.text
+
+
 def _minimised_study() -> optuna.Study:
     """A study whose objective is better downwards, with FLOPs attrs and a repeated point."""
     study = optuna.create_study(direction="minimize")

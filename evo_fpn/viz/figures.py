@@ -10,14 +10,17 @@ Conventions of the drawing:
   along its bottom edge ("over budget"), with the budget as a dashed line.
 * **Trial axis** is the trial number (creation order, all states); **time axis** is hours
   since the study's first trial started, at each trial's completion.
+* **Y axes fit the data**, a constant series included: plotly's own autorange draws a single
+  value as a flat line in the middle of a +-1 axis, which reads as "nothing found".
 """
 
 from __future__ import annotations
 
 import html
 import math
+import numbers
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -150,7 +153,7 @@ def best_so_far_figure(studies: Sequence[StudyData], *, x: str = "trial", group:
         yaxis_title="best AP so far",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 def _time_unit(span_hours: float) -> tuple[str, float]:
@@ -165,6 +168,29 @@ def _time_unit(span_hours: float) -> tuple[str, float]:
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def fit_y_axis(fig: go.Figure, *, pad: float = 0.06) -> go.Figure:
+    """Set ``fig``'s y range to the finite y values of its traces, ``pad`` of their span each side.
+
+    A constant series (one best AP over every trial) gets a margin of a tenth of its value, at
+    least 0.01, so it is drawn mid-axis with its value on the ticks instead of plotly's +-1
+    around it. A figure without y values keeps plotly's autorange.
+    """
+    ys = [float(v) for v in _y_values(fig.data)]
+    if not ys:
+        return fig
+    lo, hi = min(ys), max(ys)
+    margin = (hi - lo) * pad if hi > lo else max(abs(hi) * 0.1, 0.01)
+    fig.update_yaxes(range=[lo - margin, hi + margin])
+    return fig
+
+
+def _y_values(traces: Iterable[Any]) -> Iterable[float]:
+    for trace in traces:
+        for v in trace.y if trace.y is not None else ():
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
+                yield v
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,7 +279,7 @@ def ap_vs_cost_figure(data: StudyData, cost: str) -> go.Figure | None:
         yaxis_title="AP",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,7 +336,7 @@ def unique_architectures_figure(studies: Sequence[StudyData]) -> go.Figure:
         yaxis_title="unique architectures",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 def _decision_key(name: str) -> tuple[int, str]:
@@ -428,4 +454,4 @@ def lineage_figure(data: StudyData) -> go.Figure | None:
         **_LAYOUT,
     )
     fig.update_xaxes(tickvals=xs, ticktext=[f"#{t.number}" for t in chain])
-    return fig
+    return fit_y_axis(fig)
