@@ -23,7 +23,7 @@ from study_factory import dashboard_server, get_json, shared_studies
 
 from evo_fpn.cli import dashboard
 from evo_fpn.viz import figures, refresh
-from evo_fpn.viz.figures import StudyData
+from evo_fpn.viz.study_data import StudyData
 
 pytestmark = pytest.mark.slow  # ~30-40 s together on 2 shared cores (Chromium starts five times)
 

@@ -267,9 +267,9 @@ def test_compare_uses_hypervolume_and_refuses_other_objectives(tmp_path: Path, c
 
 
 def test_study_page_shows_the_front_the_budget_and_the_untrained(tmp_path: Path) -> None:
-    from evo_fpn.cli.dashboard import study_page
     from evo_fpn.viz import figures
-    from evo_fpn.viz.figures import StudyData
+    from evo_fpn.viz.pages import study_page
+    from evo_fpn.viz.study_data import StudyData
 
     mo_study(tmp_path, "cap", 10, 'objectives = ["ap", "neck_flops"]\nmax_neck_flops = 35e6', sampler="random")
     assert cli("--study", "cap.toml") == 0

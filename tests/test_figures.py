@@ -20,8 +20,8 @@ from study_factory import shared_studies
 
 from evo_fpn.arch.spec import OPS
 from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
-from evo_fpn.viz import figures
-from evo_fpn.viz.figures import StudyData
+from evo_fpn.viz import figures, pages, study_data
+from evo_fpn.viz.study_data import StudyData
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,45 @@ def test_grouped_curves_mean_and_band_over_seeds(studies) -> None:
     time_fig = figures.best_so_far_figure(datas, x="time", group=True)
     assert {t.legendgroup for t in time_fig.data if t.mode == "lines"} == {"evolution", "random"}
     assert "seconds" in time_fig.layout.xaxis.title.text  # a few-second study gets a seconds axis
+
+
+def test_constant_best_ap_is_drawn_at_its_value() -> None:
+    """Issue 30: one AP over every trial was a flat line at about 0 on plotly's -1..1 axis."""
+    study = optuna.create_study(direction="maximize")
+    for flops in (1e9, 2e9, 3e9, 4e9):
+        study.add_trial(optuna.trial.create_trial(value=0.0247, user_attrs={"ap": 0.0247, "neck_flops": flops}))
+    data = StudyData.from_study(study)
+    for fig in (
+        figures.best_so_far_figure([data], x="trial"),
+        figures.best_so_far_figure([data], x="time"),
+        figures.best_so_far_figure([data], x="trial", group=True),
+        figures.ap_vs_flops_figure(data),
+    ):
+        lo, hi = fig.layout.yaxis.range
+        assert lo < 0.0247 < hi, fig.layout.title.text
+        assert 0 < lo and hi - lo <= 0.05, f"{fig.layout.title.text}: {lo}..{hi} hides the value"
+
+
+def _finite_y(fig) -> list[float]:
+    return [float(v) for t in fig.data if t.y is not None for v in t.y if v is not None and math.isfinite(v)]
+
+
+def test_y_axes_fit_the_data(studies, evo: StudyData) -> None:
+    datas = [StudyData.from_study(studies.load(n)) for n in studies.names]
+    costed = StudyData.from_study(studies.load(studies.costed))
+    for fig in (
+        figures.best_so_far_figure(datas, x="trial"),
+        figures.best_so_far_figure(datas, x="time", group=True),
+        figures.ap_vs_flops_figure(costed),
+        figures.unique_architectures_figure(datas),
+        figures.lineage_figure(evo),
+    ):
+        ys = _finite_y(fig)
+        lo, hi = fig.layout.yaxis.range
+        span = max(ys) - min(ys)
+        assert span > 0
+        # every point on the axis, with a margin of a few percent of the data's span, no more
+        assert min(ys) - 0.1 * span <= lo < min(ys) and max(ys) < hi <= max(ys) + 0.1 * span, fig.layout.title.text
 
 
 def _minimised_study() -> optuna.Study:
@@ -183,7 +222,7 @@ def _svgs(fragment: str) -> list[ET.Element]:
 
 
 def test_best_architectures_side_by_side(studies, evo: StudyData) -> None:
-    html = figures.best_architectures_html(evo, k=3)
+    html = pages.best_architectures_html(evo, k=3)
     shown = [int(n) for n in re.findall(r'data-trial="(\d+)"', html)]
     study = studies.load("evo-0")
     ranked = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
@@ -199,7 +238,7 @@ def test_best_architectures_side_by_side(studies, evo: StudyData) -> None:
 
 def test_lineage_follows_parent_trial(studies, evo: StudyData) -> None:
     study = studies.load("evo-0")
-    chain = figures.lineage(evo)
+    chain = study_data.lineage(evo)
     assert chain[-1].number == evo.best(1)[0].number
     by_number = {t.number: t for t in study.trials}
     for parent, child in zip(chain, chain[1:], strict=False):
@@ -209,7 +248,7 @@ def test_lineage_follows_parent_trial(studies, evo: StudyData) -> None:
     fig = figures.lineage_figure(evo)
     assert [int(s.lstrip("#")) for s in fig.layout.xaxis.ticktext] == [t.number for t in chain]
     assert list(fig.data[0].y) == [by_number[t.number].value for t in chain]
-    table = figures.lineage_html(evo)
+    table = pages.lineage_html(evo)
     assert by_number[chain[-1].number].user_attrs[LINEAGE_ATTR]["mutation"].split(":")[0] in table
     assert len(_svgs(table)) == len(chain)
 
@@ -228,18 +267,18 @@ def test_lineage_of_a_study_from_an_earlier_version(evo: StudyData) -> None:
 
     old = dataclasses.replace(evo, trials=[dataclasses.replace(t, user_attrs=legacy(t.user_attrs)) for t in evo.trials])
     assert all(LINEAGE_ATTR not in t.user_attrs for t in old.trials)
-    assert [t.number for t in figures.lineage(old)] == [t.number for t in figures.lineage(evo)]
-    assert figures.lineage_html(old) == figures.lineage_html(evo)
+    assert [t.number for t in study_data.lineage(old)] == [t.number for t in study_data.lineage(evo)]
+    assert pages.lineage_html(old) == pages.lineage_html(evo)
     assert list(figures.lineage_figure(old).data[0].text) == list(figures.lineage_figure(evo).data[0].text)
 
 
 def test_lineage_absent_for_random_search(studies) -> None:
     data = StudyData.from_study(studies.load("random-0"))
-    assert figures.lineage_figure(data) is None and figures.lineage_html(data) == ""
+    assert figures.lineage_figure(data) is None and pages.lineage_html(data) == ""
 
 
 def test_sampler_name_from_recorded_config() -> None:
-    assert figures.sampler_name({"sampler": "rl"}) == "rl"
-    assert figures.sampler_name({"config": {"sampler": {"name": "tpe", "seed": 3}}}) == "tpe"
-    assert figures.sampler_name({"config": '{"sampler": "nsga2"}'}) == "nsga2"
-    assert figures.sampler_name({}) == "unknown"
+    assert study_data.sampler_name({"sampler": "rl"}) == "rl"
+    assert study_data.sampler_name({"config": {"sampler": {"name": "tpe", "seed": 3}}}) == "tpe"
+    assert study_data.sampler_name({"config": '{"sampler": "nsga2"}'}) == "nsga2"
+    assert study_data.sampler_name({}) == "unknown"

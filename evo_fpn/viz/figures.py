@@ -1,232 +1,42 @@
-"""Plotly figures of searches, built from Optuna studies.
+"""Plotly figures of searches, drawn from :class:`~evo_fpn.viz.study_data.StudyData` snapshots.
 
-Everything starts from :class:`StudyData`, a plain snapshot of one study (one storage read),
-so a page with many figures reads the storage once. Conventions shared by all figures:
+What counts as AP, best, cost and a sampler group is set in :mod:`evo_fpn.viz.study_data`.
+Conventions of the drawing:
 
-* **AP** is the trial's ``ap`` user attr (COCO AP in [0, 1]) and, when that is missing, its
-  first objective value.
-* **Best** follows the study's direction (``study.directions[0]``, the objective AP is):
-  highest for a maximised study, lowest for a minimised one (:mod:`evo_fpn.study.analysis`).
 * **Pruned trials are not in best-so-far curves nor in the Pareto front**: their value is an
   early AP (the last reported intermediate value), not comparable with a final AP. The AP vs
   cost figure shows them as grey crosses labelled "pruned (early AP)".
-* **Cost** is the study's second objective (``objectives = ["ap", COST]``), else neck FLOPs.
-  Trials over a budget were never trained and have no AP: the AP vs cost figure marks them
+* Trials over a budget were never trained and have no AP: the AP vs cost figure marks them
   along its bottom edge ("over budget"), with the budget as a dashed line.
 * **Trial axis** is the trial number (creation order, all states); **time axis** is hours
   since the study's first trial started, at each trial's completion.
-* **Sampler groups** come from the study user attrs the runner records (``sampler``, or a
-  ``config`` dict holding it); a study without them is grouped as ``"unknown"``.
+* **Y axes fit the data**, a constant series included: plotly's own autorange draws a single
+  value as a flat line in the middle of a +-1 axis, which reads as "nothing found".
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import math
-from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+import numbers
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import optuna
 import plotly.graph_objects as go
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from evo_fpn import record
-from evo_fpn.arch.draw import spec_to_svg
-from evo_fpn.arch.space import NasFpnSpace, SpaceConfig
-from evo_fpn.arch.spec import ArchSpec, SpecError
 from evo_fpn.limits import BUDGET_METRICS
-from evo_fpn.samplers.evolution import mutation_of, parent_of
-from evo_fpn.study.analysis import best_so_far, pareto_front, rank_key
+from evo_fpn.samplers.evolution import mutation_of
+from evo_fpn.study.analysis import best_so_far, pareto_front
+from evo_fpn.viz.study_data import StudyData, group_by_sampler, lineage, metric
 
 # One colour per sampler group, stable across pages.
 PALETTE = ("#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#BBBBBB", "#000000")
 _LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=420, title_font_size=15)
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """The facts of one trial that the figures use."""
-
-    number: int
-    state: TrialState
-    ap: float | None
-    start: datetime | None
-    complete: datetime | None
-    user_attrs: Mapping[str, Any]
-    params: Mapping[str, Any]
-
-    @property
-    def is_complete(self) -> bool:
-        return self.state == TrialState.COMPLETE and self.ap is not None and math.isfinite(self.ap)
-
-
-@dataclass
-class StudyData:
-    """A snapshot of one study: its trials (by number), directions, sampler group, seed and attrs."""
-
-    name: str
-    trials: list[TrialRow]
-    sampler: str = "unknown"
-    seed: int | None = None
-    user_attrs: Mapping[str, Any] = field(default_factory=dict)
-    directions: tuple[StudyDirection, ...] = (StudyDirection.MAXIMIZE,)
-    value_names: tuple[str, ...] = ("ap",)
-    _space: NasFpnSpace | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_study(cls, study: optuna.Study) -> StudyData:
-        rows = []
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            ap = t.user_attrs.get("ap")
-            if not isinstance(ap, (int, float)) or isinstance(ap, bool):
-                ap = t.values[0] if t.values else None
-            rows.append(
-                TrialRow(
-                    number=t.number,
-                    state=t.state,
-                    ap=None if ap is None else float(ap),
-                    start=t.datetime_start,
-                    complete=t.datetime_complete,
-                    user_attrs=dict(t.user_attrs),
-                    params=dict(t.params),
-                )
-            )
-        rows.sort(key=lambda r: r.number)
-        attrs = dict(study.user_attrs)
-        space = None
-        space_cfg = _find(attrs, "space")
-        if isinstance(space_cfg, Mapping):
-            try:
-                space = NasFpnSpace(SpaceConfig.from_dict(space_cfg))
-            except (TypeError, ValueError):
-                space = None
-        names = study.metric_names or _find(attrs, "objectives") or ["ap"]
-        if len(names) != len(study.directions):
-            names = ["ap", *(f"value{i}" for i in range(1, len(study.directions)))]
-        return cls(
-            name=study.study_name,
-            trials=rows,
-            sampler=sampler_name(attrs),
-            seed=_as_int(_find(attrs, "seed")),
-            user_attrs=attrs,
-            directions=tuple(study.directions),
-            value_names=tuple(str(n) for n in names),
-            _space=space,
-        )
-
-    # -- derived facts ----------------------------------------------------------------
-    @property
-    def direction(self) -> StudyDirection:
-        """The direction of the AP objective (the study's first)."""
-        return self.directions[0]
-
-    @property
-    def cost_name(self) -> str:
-        """The cost that AP is drawn against: the second objective, else neck FLOPs."""
-        return self.value_names[1] if len(self.value_names) > 1 else "neck_flops"
-
-    @property
-    def budgets(self) -> dict[str, float]:
-        """The study's budgets (``max_neck_flops`` ...) as recorded with it."""
-        value = _find(self.user_attrs, "budgets")
-        return {str(k): float(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-    def over_budget(self) -> list[TrialRow]:
-        """Trials refused before training because they were over a budget."""
-        return [t for t in self.trials if record.INFEASIBLE in t.user_attrs]
-
-    def pareto(self) -> list[TrialRow]:
-        """COMPLETE trials no other beats on AP and the cost, by increasing cost (one per point)."""
-        done = [(t, _metric(t, self.cost_name)) for t in self.complete]
-        done = [(t, c) for t, c in done if c is not None]
-        cost_dir = StudyDirection.MINIMIZE
-        on_front = pareto_front([(c, float(t.ap)) for t, c in done], (cost_dir, self.direction))  # type: ignore[arg-type]
-        return sorted((done[i][0] for i in on_front), key=lambda t: (_metric(t, self.cost_name), t.number))
-
-    @property
-    def finished(self) -> list[TrialRow]:
-        return [t for t in self.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-
-    @property
-    def complete(self) -> list[TrialRow]:
-        return [t for t in self.trials if t.is_complete]
-
-    def best(self, k: int = 1, *, distinct: bool = True) -> list[TrialRow]:
-        """The ``k`` complete trials with the best AP (one per architecture if ``distinct``)."""
-        out, seen = [], set()
-        for t in sorted(self.complete, key=lambda r: (rank_key(r.ap, self.direction), r.number)):
-            h = self.spec_hash(t)
-            if distinct and h is not None and h in seen:
-                continue
-            seen.add(h)
-            out.append(t)
-            if len(out) == k:
-                break
-        return out
-
-    def spec(self, t: TrialRow) -> ArchSpec | None:
-        """The trial's architecture: its ``spec`` user attr, else its params decoded."""
-        text = t.user_attrs.get(record.SPEC)
-        if isinstance(text, str):
-            try:
-                return ArchSpec.from_json(text)
-            except SpecError:
-                pass
-        if t.params:
-            try:
-                return (self._space or NasFpnSpace()).decode(t.params)
-            except SpecError:
-                return None
-        return None
-
-    def spec_hash(self, t: TrialRow) -> str | None:
-        h = t.user_attrs.get(record.SPEC_HASH)
-        if isinstance(h, str):
-            return h
-        spec = self.spec(t)
-        return spec.canonical_hash() if spec is not None else None
-
-    def start_time(self) -> datetime | None:
-        starts = [t.start for t in self.trials if t.start is not None]
-        return min(starts) if starts else None
-
-
-def sampler_name(attrs: Mapping[str, Any]) -> str:
-    """The sampler a study used, from its recorded user attrs; ``"unknown"`` when absent."""
-    value = _find(attrs, "sampler")
-    if isinstance(value, Mapping):
-        value = value.get("name")
-    return str(value) if isinstance(value, str) and value else "unknown"
-
-
-def _find(attrs: Mapping[str, Any], key: str) -> Any:
-    """``attrs[key]``, else ``attrs["config"][key]`` (also when the config is a JSON string)."""
-    if key in attrs:
-        return attrs[key]
-    config = attrs.get("config")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except json.JSONDecodeError:
-            config = None
-    if isinstance(config, Mapping):
-        if key in config:
-            return config[key]
-        sampler = config.get("sampler")
-        if key == "seed" and isinstance(sampler, Mapping):
-            return sampler.get("seed")
-    return None
-
-
-def _as_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,7 +153,7 @@ def best_so_far_figure(studies: Sequence[StudyData], *, x: str = "trial", group:
         yaxis_title="best AP so far",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 def _time_unit(span_hours: float) -> tuple[str, float]:
@@ -355,30 +165,37 @@ def _time_unit(span_hours: float) -> tuple[str, float]:
     return "hours", 1.0
 
 
-def group_by_sampler(studies: Sequence[StudyData]) -> dict[str, list[StudyData]]:
-    groups: dict[str, list[StudyData]] = defaultdict(list)
-    for d in studies:
-        groups[d.sampler].append(d)
-    return dict(sorted(groups.items()))
-
-
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def fit_y_axis(fig: go.Figure, *, pad: float = 0.06) -> go.Figure:
+    """Set ``fig``'s y range to the finite y values of its traces, ``pad`` of their span each side.
+
+    A constant series (one best AP over every trial) gets a margin of a tenth of its value, at
+    least 0.01, so it is drawn mid-axis with its value on the ticks instead of plotly's +-1
+    around it. A figure without y values keeps plotly's autorange.
+    """
+    ys = [float(v) for v in _y_values(fig.data)]
+    if not ys:
+        return fig
+    lo, hi = min(ys), max(ys)
+    margin = (hi - lo) * pad if hi > lo else max(abs(hi) * 0.1, 0.01)
+    fig.update_yaxes(range=[lo - margin, hi + margin])
+    return fig
+
+
+def _y_values(traces: Iterable[Any]) -> Iterable[float]:
+    for trace in traces:
+        for v in trace.y if trace.y is not None else ():
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
+                yield v
+
+
 # ---------------------------------------------------------------------------------------
 # AP vs FLOPs
 # ---------------------------------------------------------------------------------------
-def _flops(t: TrialRow) -> float | None:
-    return _metric(t, "neck_flops")
-
-
-def _metric(t: TrialRow, name: str) -> float | None:
-    v = t.user_attrs.get(name)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def ap_vs_flops_figure(data: StudyData) -> go.Figure | None:
     """AP against the study's cost (:attr:`StudyData.cost_name`: its second objective, else neck
     FLOPs), Pareto front marked; ``None`` when no trial recorded that cost."""
@@ -391,11 +208,11 @@ def ap_vs_cost_figure(data: StudyData, cost: str) -> go.Figure | None:
     bottom edge at their cost), with the budget on ``cost`` as a dashed line."""
     unit = lambda v: record.display_value(cost, v)  # noqa: E731
     label = record.LABELS.get(cost, cost)
-    done = [(t, _metric(t, cost)) for t in data.complete]
+    done = [(t, metric(t, cost)) for t in data.complete]
     done = [(t, c) for t, c in done if c is not None]
-    pruned = [(t, _metric(t, cost)) for t in data.trials if t.state == TrialState.PRUNED and t.ap is not None]
+    pruned = [(t, metric(t, cost)) for t in data.trials if t.state == TrialState.PRUNED and t.ap is not None]
     pruned = [(t, c) for t, c in pruned if c is not None and record.INFEASIBLE not in t.user_attrs]
-    over = [(t, _metric(t, cost)) for t in data.over_budget()]
+    over = [(t, metric(t, cost)) for t in data.over_budget()]
     over = [(t, c) for t, c in over if c is not None]
     if not done and not pruned and not over:
         return None
@@ -462,7 +279,7 @@ def ap_vs_cost_figure(data: StudyData, cost: str) -> go.Figure | None:
         yaxis_title="AP",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -519,7 +336,7 @@ def unique_architectures_figure(studies: Sequence[StudyData]) -> go.Figure:
         yaxis_title="unique architectures",
         **_LAYOUT,
     )
-    return fig
+    return fit_y_axis(fig)
 
 
 def _decision_key(name: str) -> tuple[int, str]:
@@ -601,80 +418,8 @@ def _choice_key(choice: str) -> tuple[int, int, str]:
 
 
 # ---------------------------------------------------------------------------------------
-# architectures and lineage
+# lineage
 # ---------------------------------------------------------------------------------------
-def svg_img(spec: ArchSpec, title: str = "", *, width: int | None = None) -> str:
-    """An ``<img>`` tag holding the spec's SVG as a data URI (ids stay private to each picture)."""
-    svg = spec_to_svg(spec, title=title)
-    uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    size = f' width="{width}"' if width else ""
-    return f'<img class="arch" alt="{html.escape(title or "architecture")}"{size} src="{uri}">'
-
-
-def best_architectures_html(data: StudyData, *, k: int = 4) -> str:
-    """The ``k`` best distinct architectures side by side, each captioned with its AP."""
-    best = data.best(k)
-    if not best:
-        return '<p class="empty">No complete trial yet.</p>'
-    cards = []
-    for rank, t in enumerate(best, 1):
-        spec = data.spec(t)
-        flops = _flops(t)
-        caption = f"#{rank} · trial {t.number} · AP {t.ap:.4f}"
-        if flops is not None:
-            caption += f" · {flops / 1e9:.2f} neck GFLOPs"
-        pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
-        cards.append(
-            f'<figure class="arch-card" data-trial="{t.number}">{pic}'
-            f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
-            "</figcaption></figure>"
-        )
-    return '<div class="arch-row">' + "".join(cards) + "</div>"
-
-
-def pareto_architectures_html(data: StudyData, *, k: int = 6) -> str:
-    """The architectures on the Pareto front of AP against the study's cost, cheapest first
-    (at most ``k``, spread over the front), each captioned with its AP and cost."""
-    front = data.pareto()
-    if not front:
-        return '<p class="empty">No complete trial with costs yet.</p>'
-    if len(front) > k:
-        front = [front[round(i * (len(front) - 1) / (k - 1))] for i in range(k)]
-    label = record.LABELS.get(data.cost_name, data.cost_name)
-    cards = []
-    for t in front:
-        spec = data.spec(t)
-        cost = record.display_value(data.cost_name, _metric(t, data.cost_name) or 0.0)
-        caption = f"trial {t.number} · AP {t.ap:.4f} · {cost:.4g} {label}"
-        pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
-        cards.append(
-            f'<figure class="arch-card" data-trial="{t.number}">{pic}'
-            f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
-            "</figcaption></figure>"
-        )
-    return '<div class="arch-row pareto">' + "".join(cards) + "</div>"
-
-
-def lineage(data: StudyData, number: int | None = None) -> list[TrialRow]:
-    """The chain of parent links (the evolution ``lineage`` attr, or ``parent_trial`` in studies
-    from earlier versions) ending in trial ``number`` (default: the best), oldest first."""
-    by_number = {t.number: t for t in data.trials}
-    if number is None:
-        best = data.best(1)
-        if not best:
-            return []
-        number = best[0].number
-    chain: list[TrialRow] = []
-    seen: set[int] = set()
-    current: int | None = number
-    while current is not None and current in by_number and current not in seen:
-        seen.add(current)
-        t = by_number[current]
-        chain.append(t)
-        current = parent_of(t.user_attrs)
-    return chain[::-1]
-
-
 def lineage_figure(data: StudyData) -> go.Figure | None:
     """AP along the ancestry of the best trial, each step labelled with its mutation.
 
@@ -709,24 +454,4 @@ def lineage_figure(data: StudyData) -> go.Figure | None:
         **_LAYOUT,
     )
     fig.update_xaxes(tickvals=xs, ticktext=[f"#{t.number}" for t in chain])
-    return fig
-
-
-def lineage_html(data: StudyData, *, max_rows: int = 12) -> str:
-    """The best trial's ancestry as a table: trial, AP, mutation, picture (newest last)."""
-    chain = lineage(data)
-    if len(chain) < 2:
-        return ""
-    shown = chain[-max_rows:]
-    rows = []
-    for t in shown:
-        spec = data.spec(t)
-        ap = f"{t.ap:.4f}" if t.is_complete else t.state.name.lower()
-        pic = svg_img(spec, f"trial {t.number}", width=300) if spec is not None else ""
-        mutation = html.escape(mutation_of(t.user_attrs, "(first of its line)") or "")
-        rows.append(f"<tr><td>{t.number}</td><td>{ap}</td><td><code>{mutation}</code></td><td>{pic}</td></tr>")
-    more = f"<p>{len(chain) - len(shown)} older ancestors not shown.</p>" if len(chain) > len(shown) else ""
-    return (
-        f'{more}<table class="lineage"><tr><th>trial</th><th>AP</th><th>mutation from parent</th>'
-        f"<th>architecture</th></tr>{''.join(rows)}</table>"
-    )
+    return fit_y_axis(fig)

@@ -30,8 +30,9 @@ def refresh_study_figures(study: optuna.Study) -> list[str]:
             "optuna-dashboard is not installed: pip install 'evo-fpn[dashboard]' (or optuna-dashboard)"
         ) from None
     from evo_fpn.viz import figures
+    from evo_fpn.viz.study_data import StudyData
 
-    data = figures.StudyData.from_study(study)
+    data = StudyData.from_study(study)
     if not data.finished:
         return []
     builders = {
