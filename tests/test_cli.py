@@ -26,7 +26,7 @@ def test_a_bad_flag_is_a_usage_error_naming_the_command() -> None:
 def test_every_entry_point_uses_the_one_parser(module: str) -> None:
     import importlib
 
-    mod = importlib.import_module(f"evo_fpn.{module}")
+    mod = importlib.import_module(f"evo_fpn.cli.{module}")
     if module == "compare":
         assert mod.main(["--bogus"]) == 2
     else:
