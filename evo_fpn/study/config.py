@@ -243,7 +243,7 @@ def code_version() -> str:
     """``evo_fpn`` version plus the git commit of the checkout (``+dirty`` when modified)."""
     from evo_fpn import __version__
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding evo_fpn/
     try:
         rev = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
@@ -266,7 +266,7 @@ def code_version() -> str:
 def study_dirs() -> list[Path]:
     """Where ``--study NAME`` looks for ``NAME.toml``: ``./studies``, then the repository's."""
     dirs = [Path.cwd() / STUDY_DIR_NAME]
-    repo = Path(__file__).resolve().parent.parent / STUDY_DIR_NAME
+    repo = Path(__file__).resolve().parents[2] / STUDY_DIR_NAME
     if repo.resolve() != dirs[0].resolve():
         dirs.append(repo)
     return dirs

@@ -314,7 +314,7 @@ def _report(reporter: Reporter, ap: float, step: int) -> None:
 
 def _start_seed_process(args: tuple[Any, ...]) -> tuple[subprocess.Popen[bytes], Connection]:
     """Start ``python -m evo_fpn.tasks.seed_process``, hand it ``args``; return it and its message pipe."""
-    here = str(Path(__file__).resolve().parents[1])  # importable even when not installed
+    here = str(Path(__file__).resolve().parents[2])  # the folder holding evo_fpn/: importable even when not installed
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     child = subprocess.Popen(
         [sys.executable, "-m", "evo_fpn.tasks.seed_process"],
