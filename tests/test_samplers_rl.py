@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -391,3 +395,22 @@ def test_checkpoint_is_written_once_every_store_every_updates() -> None:
     study.sampler = second
     study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=1)
     assert second._checkpoint.restored == 20 and writes == [5, 10, 15, 20]
+
+
+def test_stored_keys_keep_the_format_existing_studies_were_written_in() -> None:
+    # written out here, not computed by the sampler's code: a study stored before the split
+    # into rl_policy/rl_update/rl_state must find its checkpoint under the same key
+    sampler = RLControllerSampler(seed=0, batch_size=2, store_every=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=5)
+    decisions = [("a", ("x", "y", "z"))]
+    sig = f"{zlib.crc32(repr(decisions).encode()):08x}"
+    settings = (1, sig, repr(decisions), None, 64, 32, 0.01, 2, "ppo", 1e-3, 0.9, 0.2, 4, 1.0, 0, None, -0.07)
+    digest = hashlib.sha256(repr((*settings, torch.__version__)).encode()).hexdigest()[:16]
+    (key,) = _checkpoints(study)
+    assert key == f"{CHECKPOINT_KEY}:{digest}" and CHECKPOINT_KEY == "rl:checkpoint" and SAMPLE_KEY == "rl:sample"
+    rec = _checkpoints(study)[key]
+    assert set(rec) == {"format", "settings", "n_updates", "history", "state"} and rec["format"] == 1
+    state = torch.load(io.BytesIO(base64.b64decode(rec["state"])), weights_only=True)
+    assert set(state) == {"policy", "optim", "stats"} and set(state["stats"]) == {"baseline", "scale2", "floor"}
+    assert study.trials[-1].system_attrs[SAMPLE_KEY]["sig"] == sig
