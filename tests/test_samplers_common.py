@@ -18,6 +18,7 @@ from samplers_worker import fast_dir, make_storage, toy_value
 
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.samplers import SAMPLER_NAMES, AgingEvolutionSampler, ChoiceConstraints, RLControllerSampler, make_sampler
+from evo_fpn.samplers._common import TrialIndex
 from evo_fpn.samplers.evolution import LINEAGE_ATTR, parent_of
 from evo_fpn.samplers.rl import SAMPLE_KEY
 
@@ -130,6 +131,48 @@ def test_docstring_example_runs_and_finds_the_optimum(cls: type, optimum: float)
     study = namespace["study"]
     assert len(study.trials) == 100
     assert study.best_value == optimum
+
+
+def test_trial_index_answers_none_for_a_lookup_and_raises_for_a_trial_that_must_be_there() -> None:
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=6)
+    dense = study.trials
+    sparse = [t for t in dense if t.number % 2]  # numbers 1, 3, 5, as a Hyperband bracket shows them
+    for trials, there, missing in ((dense, [0, 5], [-1, 6]), (sparse, [1, 5], [-1, 0, 2, 6])):
+        index = TrialIndex(trials)
+        assert index.end == 6
+        assert [index[n].number for n in there] == [index.get(n).number for n in there] == there
+        for n in missing:  # -1 must not wrap around to the last trial
+            assert index.get(n) is None
+            with pytest.raises(KeyError, match=f"trial {n} "):
+                index[n]
+    assert TrialIndex([]).end == 0 and TrialIndex([]).get(0) is None
+
+
+class OddTrials(optuna.Study):
+    """A view of a study that shows only its odd-numbered trials: trial numbers with gaps, as
+    a filtered view (a pruner's bracket, say) may show them."""
+
+    def _get_trials(self, deepcopy: bool = True, states: object = None, use_cache: bool = False) -> list:
+        return [t for t in super()._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache) if t.number % 2]
+
+
+@pytest.mark.parametrize("name", ["evolution", "rl"])
+def test_samplers_follow_a_view_with_sparse_trial_numbers(name: str) -> None:
+    study = optuna.create_study(sampler=RandomSampler(seed=0), direction="maximize")
+    study.optimize(nas_objective, n_trials=24)
+    view = OddTrials(study_name=study.study_name, storage=study._storage)
+    view.sampler = make_sampler(name, seed=0, constraints=SPACE, **SETTINGS[name])
+    view.optimize(nas_objective, n_trials=10)
+    trials = study.trials[24:]
+    assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(valid(t.params) for t in trials)
+    if name == "evolution":  # 12 visible finished trials >= population 8: every child has a visible parent
+        assert all(parent_of(t.user_attrs) % 2 for t in trials if t.user_attrs[LINEAGE_ATTR]["origin"] == "mutation")
+        assert sum(t.user_attrs[LINEAGE_ATTR]["origin"] == "mutation" for t in trials) >= 8
+    else:  # 12 visible finished trials, batches of 4: three updates before the first sample
+        assert trials[0].system_attrs[SAMPLE_KEY]["version"] == 3
+        assert view.sampler.sync(view) == len([t for t in study.trials if t.number % 2]) // 4
 
 
 def test_samplers_import_only_optuna_numpy_torch() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+import io
 import json
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,8 +314,9 @@ def test_argument_checks() -> None:
 
 
 def _same_state(a: RLControllerSampler, b: RLControllerSampler) -> None:
-    assert a._n_updates == b._n_updates and a.policy_digest() == b.policy_digest() and a._stats == b._stats
-    oa, ob = a._optim.state_dict(), b._optim.state_dict()
+    sa, sb = a._state, b._state
+    assert sa.n_updates == sb.n_updates and a.policy_digest() == b.policy_digest() and sa.stats == sb.stats
+    oa, ob = sa.optim.state_dict(), sb.optim.state_dict()
     assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
     for k in oa["state"]:
         for name, value in oa["state"][k].items():
@@ -333,10 +338,10 @@ def test_joining_worker_starts_from_the_stored_checkpoint_as_a_full_replay(scrat
     assert rec["n_updates"] == 12
     joiner = RLControllerSampler(seed=3, **kw)
     assert joiner.sync(optuna.load_study(study_name=study.study_name, storage=url)) == 15
-    assert joiner._restored == 12  # loaded, then replayed 3 updates
+    assert joiner._checkpoint.restored == 12  # loaded, then replayed 3 updates
     full = RLControllerSampler(seed=3, **{**kw, "store_every": 0})
     full.sync(study)
-    assert full._restored is None
+    assert full._checkpoint.restored is None
     _same_state(joiner, full)
     # both continue the same: the joiner on the study, the full replay on a copy of it
     copy = optuna.create_study(direction="maximize", sampler=full)
@@ -359,7 +364,7 @@ def test_corrupt_or_mismatched_checkpoint_means_a_full_replay() -> None:
     full.sync(study)
     ok = RLControllerSampler(**kw)
     ok.sync(study)
-    assert ok._restored == rec["n_updates"] == 6
+    assert ok._checkpoint.restored == rec["n_updates"] == 6
     _same_state(ok, full)
     for bad in (
         {**rec, "state": rec["state"][: len(rec["state"]) // 2]},  # truncated
@@ -372,11 +377,11 @@ def test_corrupt_or_mismatched_checkpoint_means_a_full_replay() -> None:
         study._storage.set_study_system_attr(study._study_id, key, bad)
         s = RLControllerSampler(**kw)
         s.sync(study)
-        assert s._restored == 0, bad if isinstance(bad, str) else {k: str(v)[:20] for k, v in bad.items()}
+        assert s._checkpoint.restored == 0, bad if isinstance(bad, str) else {k: str(v)[:20] for k, v in bad.items()}
         _same_state(s, full)
     other = RLControllerSampler(**{**kw, "lr": 0.02})  # other settings: another key, not found
     other.sync(study)
-    assert other._restored == 0
+    assert other._checkpoint.restored == 0
 
 
 def test_checkpoint_is_written_once_every_store_every_updates() -> None:
@@ -389,4 +394,23 @@ def test_checkpoint_is_written_once_every_store_every_updates() -> None:
     second = RLControllerSampler(batch_size=2, store_every=5)  # a second worker: the stored one is as recent
     study.sampler = second
     study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=1)
-    assert second._restored == 20 and writes == [5, 10, 15, 20]
+    assert second._checkpoint.restored == 20 and writes == [5, 10, 15, 20]
+
+
+def test_stored_keys_keep_the_format_existing_studies_were_written_in() -> None:
+    # written out here, not computed by the sampler's code: a study stored before the split
+    # into rl_policy/rl_update/rl_state must find its checkpoint under the same key
+    sampler = RLControllerSampler(seed=0, batch_size=2, store_every=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y", "z"]) == "z"), n_trials=5)
+    decisions = [("a", ("x", "y", "z"))]
+    sig = f"{zlib.crc32(repr(decisions).encode()):08x}"
+    settings = (1, sig, repr(decisions), None, 64, 32, 0.01, 2, "ppo", 1e-3, 0.9, 0.2, 4, 1.0, 0, None, -0.07)
+    digest = hashlib.sha256(repr((*settings, torch.__version__)).encode()).hexdigest()[:16]
+    (key,) = _checkpoints(study)
+    assert key == f"{CHECKPOINT_KEY}:{digest}" and CHECKPOINT_KEY == "rl:checkpoint" and SAMPLE_KEY == "rl:sample"
+    rec = _checkpoints(study)[key]
+    assert set(rec) == {"format", "settings", "n_updates", "history", "state"} and rec["format"] == 1
+    state = torch.load(io.BytesIO(base64.b64decode(rec["state"])), weights_only=True)
+    assert set(state) == {"policy", "optim", "stats"} and set(state["stats"]) == {"baseline", "scale2", "floor"}
+    assert study.trials[-1].system_attrs[SAMPLE_KEY]["sig"] == sig

@@ -1,18 +1,16 @@
-"""Pieces both samplers share: per-trial RNGs, random sampling, the completion-order log."""
+"""Pieces both samplers share: per-trial RNGs, random sampling, trial lookup, the completion-order log."""
 
 from __future__ import annotations
 
 import bisect
 import datetime
 import math
-import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn.samplers.constraints import ChoiceConstraints, allowed_values, decision_order
@@ -154,6 +152,36 @@ def ordered_space(
     return names, {n: space[n] for n in names}
 
 
+class TrialIndex:
+    """A study's trials by number.
+
+    ``study._get_trials`` is usually dense (trial ``n`` at position ``n``), but a filtered
+    view (HyperbandPruner's bracket study) is not. :meth:`get` answers ``None`` for a number
+    that is not there (a lookup that may miss); ``index[n]`` raises ``KeyError`` (a trial the
+    caller saw finished before: missing means the caches and the storage disagree, which must
+    not pass silently as another trial or ``None``).
+    """
+
+    def __init__(self, trials: Sequence[FrozenTrial]) -> None:
+        self._trials = trials
+        self._by_number: dict[int, FrozenTrial] | None = None
+        if trials and trials[-1].number != len(trials) - 1:  # not indexable by position
+            self._by_number = {t.number: t for t in trials}
+        self.end = len(trials) if self._by_number is None else max(self._by_number) + 1
+        """One past the highest trial number."""
+
+    def get(self, number: int) -> FrozenTrial | None:
+        if self._by_number is not None:
+            return self._by_number.get(number)
+        return self._trials[number] if 0 <= number < len(self._trials) else None
+
+    def __getitem__(self, number: int) -> FrozenTrial:
+        t = self.get(number)
+        if t is None:
+            raise KeyError(f"trial {number} is not in the study's trials")
+        return t
+
+
 def completion_key(t: FrozenTrial) -> tuple[datetime.datetime, int]:
     """Completion order: ``datetime_complete`` (the finishing worker's clock), then number."""
     return (t.datetime_complete or t.datetime_start or _EPOCH, t.number)
@@ -190,13 +218,8 @@ class CompletionLog:
         """
         if study_key != self.study_key:
             self.reset(study_key)
-        if trials and trials[-1].number != len(trials) - 1:  # not indexable by number
-            by_number = {t.number: t for t in trials}
-            get = by_number.get
-            top = max(by_number) + 1
-        else:
-            get = lambda n: trials[n] if n < len(trials) else None  # noqa: E731
-            top = len(trials)
+        index = TrialIndex(trials)
+        get, top = index.get, index.end
         fresh: list[FrozenTrial] = []
         for n in sorted(self.unfinished):
             t = get(n)
@@ -239,57 +262,3 @@ def last_report(t: FrozenTrial) -> tuple[int, float] | None:
         return None
     step = max(t.intermediate_values)
     return step, t.intermediate_values[step]
-
-
-class StorageBackedSampler(BaseSampler):
-    """Base of our samplers, whose only state beyond their settings is a cache of the storage.
-
-    Pickling keeps the settings and drops the lock and the caches named in ``_CACHE_ATTRS``;
-    they are rebuilt from the storage by ``_reset_caches``, so a pickled copy, a new process
-    and another worker all continue from the same finished trials.
-    """
-
-    _CACHE_ATTRS: tuple[str, ...] = ()
-    _lock: threading.RLock
-    _base_seed: int
-    _independent_sampler: BaseSampler | None
-    _constraints: ChoiceConstraints | None
-
-    def _init_common(
-        self, *, seed: int | None, constraints: ChoiceConstraints | None, independent_sampler: BaseSampler | None
-    ) -> None:
-        """Checks and stores the settings every subclass shares, then builds the caches: the
-        last step of a subclass's ``__init__``."""
-        if seed is not None and not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        if constraints is not None and not (
-            callable(getattr(constraints, "decision_order", None))
-            and callable(getattr(constraints, "allowed_choices", None))
-        ):
-            raise ValueError("constraints must implement decision_order(names) and allowed_choices(name, decided)")
-        self._constraints = constraints
-        self._independent_sampler = independent_sampler
-        self._base_seed = int(seed) if seed is not None else new_base_seed()
-        self._lock = threading.RLock()
-        self._reset_caches()
-
-    def _reset_caches(self) -> None:
-        raise NotImplementedError
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        for k in self._CACHE_ATTRS:
-            state.pop(k, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-        self._reset_caches()
-
-    def reseed_rng(self) -> None:
-        with self._lock:
-            self._base_seed = new_base_seed()
-            if self._independent_sampler is not None:
-                self._independent_sampler.reseed_rng()

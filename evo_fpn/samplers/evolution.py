@@ -9,13 +9,11 @@ from typing import Any
 import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
-from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from evo_fpn.samplers._common import (
-    CompletionLog,
-    StorageBackedSampler,
+    TrialIndex,
     crowding_distances,
     last_report,
     non_domination_ranks,
@@ -24,9 +22,9 @@ from evo_fpn.samplers._common import (
     perturb,
     sample_joint_random,
     sample_uniform,
-    study_key,
     trial_rng,
 )
+from evo_fpn.samplers.base import StorageBackedSampler
 from evo_fpn.samplers.constraints import ChoiceConstraints, _contains, allowed_values
 
 LINEAGE_ATTR = "lineage"
@@ -39,7 +37,6 @@ LEGACY_LINEAGE_KEY = "evolution:lineage"
 """Where studies written before the single ``lineage`` attr kept the record (a trial system
 attr, mirrored to the user attrs ``parent_trial`` and ``mutation``): still read."""
 
-_POPULATION_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 _MISSING: Any = object()
 
 
@@ -127,7 +124,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
             ``None`` uses the built-in per-trial random draw (resume-exact).
     """
 
-    _CACHE_ATTRS = ("_study_key", "_search_space", "_log", "_key_names", "_finished_keys", "_parents")
+    _CACHE_ATTRS = ("_key_names", "_finished_keys", "_parents")
 
     def __init__(
         self,
@@ -162,19 +159,14 @@ class AgingEvolutionSampler(StorageBackedSampler):
 
     # -- caches (rebuilt from the storage whenever needed) ------------------------------
     def _reset_caches(self) -> None:
-        self._study_key: Any = None
-        self._search_space = IntersectionSearchSpace(include_pruned=True)
-        self._log = CompletionLog(_POPULATION_STATES)
+        super()._reset_caches()
         self._key_names: tuple[str, ...] | None = None
         self._finished_keys: set[tuple[Any, ...]] = set()
         self._parents: dict[int, FrozenTrial] = {}
 
     def _sync(self, study: Study, key_names: tuple[str, ...]) -> list[FrozenTrial]:
         """Catch up with the storage: new finished trials into the order and the dedup keys."""
-        key = study_key(study)
-        if key != self._study_key:
-            self._reset_caches()
-            self._study_key = key
+        key = self._follow(study)
         trials = study._get_trials(deepcopy=False, use_cache=True)
         kept, other = self._log.update(key, trials)
         if key_names != self._key_names:
@@ -188,9 +180,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
     # -- Optuna sampler API ---------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         with self._lock:
-            if study_key(study) != self._study_key:
-                self._reset_caches()
-                self._study_key = study_key(study)
+            self._follow(study)
             space = self._search_space.calculate(study, use_cache=True)
             return {n: d for n, d in space.items() if not d.single()}
 
@@ -205,9 +195,9 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 self._write_lineage(study, trial, {"origin": "random", "dedup_retries": 0}, "random")
                 return {}
             trials = self._sync(study, tuple(sorted(names)))
-            get = _getter(trials)
+            index = TrialIndex(trials)
             rng = trial_rng(self._base_seed, trial.number, "evolution")
-            evaluated = self._evaluated_keys(get, trial.number) if self._dedup else set()
+            evaluated = self._evaluated_keys(index, trial.number) if self._dedup else set()
             order = self._log.order
             if len(order) < self._population_size:
                 child, tries = self._dedup_loop(
@@ -216,7 +206,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 record = {"origin": "random", "finished": len(order), "dedup_retries": tries}
                 self._write_lineage(study, trial, record, "random")
                 return child
-            population = [get(num) for _, num in order[-self._population_size :]]
+            population = [index[num] for _, num in order[-self._population_size :]]
             scores = _scores(population, study.directions, [penalty(t) for t in population])
             draws = [int(i) for i in rng.integers(0, len(population), size=self._sample_size)]
             best = min(range(len(draws)), key=lambda i: (scores[draws[i]], i))
@@ -260,25 +250,17 @@ class AgingEvolutionSampler(StorageBackedSampler):
                 and parent.distributions.get(param_name) == param_distribution
             ):
                 return parent.params[param_name]
-            if self._independent_sampler is not None:
-                return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
-            rng = trial_rng(self._base_seed, trial.number, "independent:" + param_name)
-            choices = None
-            if isinstance(param_distribution, CategoricalDistribution):
-                choices = allowed_values(self._constraints, param_name, param_distribution.choices, trial.params)
-            return sample_uniform(param_distribution, rng, choices)
+            return self._sample_fallback(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         if "fixed_params" in trial.system_attrs:  # enqueued: may never reach sample_relative
             self._write_lineage(study, trial, {"origin": "enqueued"}, "enqueued")
-        if self._independent_sampler is not None:
-            self._independent_sampler.before_trial(study, trial)
+        super().before_trial(study, trial)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         with self._lock:
             self._parents.pop(trial._trial_id, None)
-        if self._independent_sampler is not None:
-            self._independent_sampler.after_trial(study, trial, state, values)
+        super().after_trial(study, trial, state, values)
 
     # -- internals ------------------------------------------------------------------------
     def _fill_missing(
@@ -367,12 +349,12 @@ class AgingEvolutionSampler(StorageBackedSampler):
             tries += 1
         return child, tries
 
-    def _evaluated_keys(self, get: Callable[[int], Any], current: int) -> set[tuple[Any, ...]]:
+    def _evaluated_keys(self, index: TrialIndex, current: int) -> set[tuple[Any, ...]]:
         """Param keys of every other trial: finished (cached) plus running/waiting (fresh)."""
         assert self._key_names is not None
         pending = set()
         for n in self._log.unfinished:
-            t = get(n)
+            t = index.get(n)
             if t is None or t.number == current:
                 continue
             params = t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
@@ -430,17 +412,6 @@ def _same(a: Any, b: Any) -> bool:
 
 def _key(params: Mapping[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(params.get(n, _MISSING) for n in names)
-
-
-def _dense(trials: Sequence[FrozenTrial]) -> bool:
-    return not trials or trials[-1].number == len(trials) - 1
-
-
-def _getter(trials: Sequence[FrozenTrial]) -> Callable[[int], Any]:
-    if _dense(trials):
-        return lambda n: trials[n] if 0 <= n < len(trials) else None
-    by_number = {t.number: t for t in trials}
-    return by_number.get
 
 
 def _describe(mutation: Mapping[str, Any] | None) -> str:
