@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -97,78 +96,69 @@ def run_worker(
     objective.on_start = lock.release
     t0 = time.monotonic()
     watch = StaleTrialWatch(study).start()
+    failures = 0
     try:
-        return _budget_loop(
-            study, objective, n_trials, lock, timeout, callbacks, progress, max_consecutive_failures, poll_s, t0
-        )
+        while True:
+            if timeout is not None and time.monotonic() - t0 >= timeout:
+                return "timeout"
+            last: FrozenTrial | None = None
+            lock.acquire()
+            try:
+                fail_stale_trials(study)
+                finished, running, best = count_trials(study)
+                if finished >= n_trials:
+                    progress.update(finished, running, best)
+                    return "budget"
+                wait = finished + running >= n_trials
+                if not wait:
+                    last = _optimize_one(study, objective, callbacks, progress)
+            finally:
+                lock.release()
+            if wait:
+                progress.update(finished, running, best, note="waiting for running trials")
+                time.sleep(poll_s)
+                continue
+            if last is not None and last.state == TrialState.FAIL:
+                failures += 1
+                reason = last.user_attrs.get("fail_reason", "unknown reason")
+                progress.write(f"trial {last.number} failed: {reason}")
+                if failures >= max_consecutive_failures:
+                    raise UsageError(
+                        f"{failures} trials in a row failed (last: {reason}): "
+                        "check the proxy settings (e.g. a lower learning rate) before resuming"
+                    )
+            else:
+                failures = 0
+                if last is not None and last.state == TrialState.PRUNED:
+                    progress.write(f"trial {last.number} pruned")
+            progress.update(*count_trials(study))
     finally:
         watch.stop()
 
 
-def _budget_loop(
+def _optimize_one(
     study: optuna.Study,
     objective: Objective,
-    n_trials: int,
-    lock: st.BudgetLock,
-    timeout: float | None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]],
     progress: Progress,
-    max_consecutive_failures: int,
-    poll_s: float,
-    t0: float,
-) -> str:
-    failures = 0
-    seen: dict[str, Any] = {"last": None}
-
-    def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        seen["last"] = trial
-
-    while True:
-        if timeout is not None and time.monotonic() - t0 >= timeout:
-            return "timeout"
-        lock.acquire()
-        try:
-            fail_stale_trials(study)
-            finished, running, best = count_trials(study)
-            if finished >= n_trials:
-                progress.update(finished, running, best)
-                return "budget"
-            if finished + running >= n_trials:
-                action = "wait"
-            else:
-                action = "run"
-                seen["last"] = None
-                objective.current = None
-                try:
-                    study.optimize(objective, n_trials=1, catch=objective.failures, callbacks=[on_trial, *callbacks])
-                except KeyboardInterrupt:
-                    if objective.current is not None:
-                        requeue_interrupted(study, objective.current)
-                    raise
-                except ValueError as exc:
-                    if not str(exc).startswith("Cannot tell a FAIL trial"):
-                        raise
-                    # Our heartbeats could not be written (the database was out of reach) for longer
-                    # than the grace period, so another worker failed this trial and queued its
-                    # retry: our result is dropped, never written twice.
-                    progress.write("this worker's trial was failed as stale while it ran (its retry is queued)")
-        finally:
-            lock.release()
-        if action == "wait":
-            progress.update(finished, running, best, note="waiting for running trials")
-            time.sleep(poll_s)
-            continue
-        last: FrozenTrial | None = seen["last"]
-        if last is not None and last.state == TrialState.FAIL:
-            failures += 1
-            progress.write(f"trial {last.number} failed: {last.user_attrs.get('fail_reason', 'unknown reason')}")
-            if failures >= max_consecutive_failures:
-                raise UsageError(
-                    f"{failures} trials in a row failed (last: {last.user_attrs.get('fail_reason', '?')}): "
-                    "check the proxy settings (e.g. a lower learning rate) before resuming"
-                )
-        else:
-            failures = 0
-            if last is not None and last.state == TrialState.PRUNED:
-                progress.write(f"trial {last.number} pruned")
-        progress.update(*count_trials(study))
+) -> FrozenTrial | None:
+    """One trial through ``study.optimize``: the trial it finished (``None``: it was failed as
+    stale meanwhile). A Ctrl-C queues the interrupted trial again before it propagates."""
+    seen: list[FrozenTrial] = []
+    objective.current = None
+    try:
+        study.optimize(
+            objective, n_trials=1, catch=objective.failures, callbacks=[lambda _, t: seen.append(t), *callbacks]
+        )
+    except KeyboardInterrupt:
+        if objective.current is not None:
+            requeue_interrupted(study, objective.current)
+        raise
+    except ValueError as exc:
+        if not str(exc).startswith("Cannot tell a FAIL trial"):
+            raise
+        # Our heartbeats could not be written (the database was out of reach) for longer than the
+        # grace period, so another worker failed this trial and queued its retry: our result is
+        # dropped, never written twice.
+        progress.write("this worker's trial was failed as stale while it ran (its retry is queued)")
+    return seen[-1] if seen else None
