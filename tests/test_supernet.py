@@ -24,9 +24,10 @@ from evo_fpn.cli.run import main
 from evo_fpn.errors import TrialFailed
 from evo_fpn.model.neck import NasFpn
 from evo_fpn.tasks.proxy import ProxyConfig
-from evo_fpn.tasks.supernet import SharedNeck, SupernetConfig, SupernetTask, spec_sampler
+from evo_fpn.tasks.supernet import SupernetConfig, SupernetTask
+from evo_fpn.tasks.supernet_training import SharedNeck, spec_sampler
 from evo_fpn.training import features as features_module
-from evo_fpn.training.cache import build_once
+from evo_fpn.training.cache import build_once, checksum_path, file_digest
 
 TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
 
@@ -292,6 +293,7 @@ def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
     first = next(k for k, v in blob["backbone"].items() if v.is_floating_point())
     blob["backbone"][first] = blob["backbone"][first] + 1e-3
     torch.save(blob, stage)
+    checksum_path(stage).write_text(file_digest(stage))  # a stage built there, not a damaged copy
     monkeypatch.setenv("EVO_FPN_CACHE", str(other))
     assert main([*args, "--n-trials", "3"]) == 0
     err = capsys.readouterr().err
