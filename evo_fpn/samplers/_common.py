@@ -13,27 +13,24 @@ import numpy as np
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from evo_fpn import compat
 from evo_fpn.samplers.constraints import ChoiceConstraints, allowed_values, decision_order
 
 _EPOCH = datetime.datetime.min
 
 
-# Optuna keeps these helpers private (there is no public API for them); they are imported in
-# this one place so that our samplers sort and store exactly as Optuna's own samplers do.
+# Optuna keeps these helpers private (there is no public API for them); evo_fpn.compat holds
+# them, so that our samplers sort and store exactly as Optuna's own samplers do.
 def non_domination_ranks(loss: np.ndarray, penalties: Sequence[float]) -> list[int]:
     """Non-domination rank of each row of ``loss`` (all minimised; 0 = front), feasible rows
     (penalty <= 0) before infeasible ones: Optuna's constrained fast non-dominated sort."""
-    from optuna.study._multi_objective import _fast_non_domination_rank
-
     pen = np.array([max(0.0, float(p)) for p in penalties], dtype=float)
-    return [int(r) for r in _fast_non_domination_rank(loss, penalty=pen if pen.any() else None)]
+    return [int(r) for r in compat.fast_non_domination_rank(loss, penalty=pen if pen.any() else None)]
 
 
 def crowding_distances(members: Sequence[FrozenTrial]) -> dict[int, float]:
     """NSGA-II's crowding distance of each member (by trial number), as Optuna computes it."""
-    from optuna.samplers.nsgaii._elite_population_selection_strategy import _calc_crowding_distance
-
-    return dict(_calc_crowding_distance(list(members)))
+    return compat.crowding_distance(members)
 
 
 def penalty(t: FrozenTrial) -> float:
@@ -250,7 +247,7 @@ class CompletionLog:
 
 def study_key(study: Any) -> tuple[Any, ...]:
     """Identity of the trial set a sampler sees (HyperbandPruner shows one bracket at a time)."""
-    return (id(study._storage), study._study_id, study.study_name, getattr(study, "_bracket_id", None))
+    return compat.study_key(study)
 
 
 def last_report(t: FrozenTrial) -> tuple[int, float] | None:

@@ -12,6 +12,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from evo_fpn import compat
 from evo_fpn.samplers._common import (
     TrialIndex,
     crowding_distances,
@@ -167,7 +168,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
     def _sync(self, study: Study, key_names: tuple[str, ...]) -> list[FrozenTrial]:
         """Catch up with the storage: new finished trials into the order and the dedup keys."""
         key = self._follow(study)
-        trials = study._get_trials(deepcopy=False, use_cache=True)
+        trials = compat.trials(study, use_cache=True)
         kept, other = self._log.update(key, trials)
         if key_names != self._key_names:
             self._key_names = key_names
@@ -368,7 +369,7 @@ class AgingEvolutionSampler(StorageBackedSampler):
         mutation text, parent and origin come first: optuna-dashboard shows the first 1024
         characters of the record's JSON."""
         head = {"mutation": text, **{k: record[k] for k in ("parent", "origin") if k in record}}
-        study._storage.set_trial_user_attr(trial._trial_id, LINEAGE_ATTR, {**head, **record})
+        compat.set_trial_user_attr(study, trial, LINEAGE_ATTR, {**head, **record})
 
 
 def lineage_record(

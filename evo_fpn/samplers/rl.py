@@ -19,6 +19,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial
 
+from evo_fpn import compat
 from evo_fpn.samplers._common import TrialIndex, ordered_space, trial_rng
 from evo_fpn.samplers.base import StorageBackedSampler
 from evo_fpn.samplers.constraints import ChoiceConstraints
@@ -255,7 +256,7 @@ class RLControllerSampler(StorageBackedSampler):
             rng = trial_rng(self._base_seed, trial.number, "rl")
             actions, logps, _, params = sample_path(self._state.weights, self._decisions, self._constraints, rng)
             record = {"sig": self._sig, "version": self._state.n_updates, "actions": actions, "logp": logps}
-            study._storage.set_trial_system_attr(trial._trial_id, SAMPLE_KEY, record)
+            compat.set_trial_system_attr(study, trial, SAMPLE_KEY, record)
             return params
 
     def sample_independent(
@@ -315,7 +316,7 @@ class RLControllerSampler(StorageBackedSampler):
             self._new_policy(decisions)
         state = self._state
         assert state is not None
-        trials = study._get_trials(deepcopy=False, use_cache=use_cache)
+        trials = compat.trials(study, use_cache=use_cache)
         kept, _ = self._log.update(key, trials)
         order = self._log.order
         b = self._batch_size

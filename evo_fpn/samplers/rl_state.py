@@ -22,6 +22,7 @@ import torch
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
+from evo_fpn import compat
 from evo_fpn.samplers._common import penalty
 from evo_fpn.samplers.rl_policy import Controller
 from evo_fpn.samplers.rl_update import new_stats
@@ -147,7 +148,7 @@ class StudyCheckpoint:
         return h.hexdigest()
 
     def _record(self, study: Study) -> dict[str, Any] | None:
-        rec = study._storage.get_study_system_attrs(study._study_id).get(self.key)
+        rec = compat.study_system_attrs(study).get(self.key)
         return rec if isinstance(rec, dict) else None
 
     def due(self, n_updates: int) -> bool:
@@ -203,5 +204,5 @@ class StudyCheckpoint:
             "history": self.history_digest(order, get, n),
             "state": base64.b64encode(buf.getvalue()).decode("ascii"),
         }
-        study._storage.set_study_system_attr(study._study_id, self.key, value)
+        compat.set_study_system_attr(study, self.key, value)
         self.stored = n

@@ -4,8 +4,8 @@ Every view of a search (the runner's progress line and summary, ``compare``, the
 asks the same questions: which trial is best, what was the best value after each trial, and
 which points no other point beats. They are answered here once, from the directions the
 study was created with (``study.directions``), so that a minimised objective or a second one
-needs no new code in those views. Pareto ranking is Optuna's own
-(``optuna.study._multi_objective``), wrapped here so that only this module touches it.
+needs no new code in those views. Pareto ranking is Optuna's own (private, so reached
+through :mod:`evo_fpn.compat`).
 
 Conventions: only COMPLETE trials have a value worth comparing. A pruned trial's value is an
 early one (its last intermediate value) and a failed trial has none, so both count as "no
@@ -19,8 +19,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from optuna.study import StudyDirection
-from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 from optuna.trial import FrozenTrial, TrialState
+
+from evo_fpn import compat
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 """The states a study's budget counts: a pruned trial has finished too, only early."""
@@ -78,9 +79,9 @@ def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[StudyDi
     if any(len(p) != len(directions) for p in points):
         raise ValueError(f"every point needs one value per direction ({len(directions)})")
     loss = np.array(
-        [[_normalize_value(float(v), d) for v, d in zip(p, directions, strict=True)] for p in points], dtype=float
+        [[compat.normalize_value(float(v), d) for v, d in zip(p, directions, strict=True)] for p in points], dtype=float
     )
-    on_front = _is_pareto_front(loss, assume_unique_lexsorted=False)
+    on_front = compat.is_pareto_front(loss)
     out, seen = [], set()
     for i in np.flatnonzero(on_front):
         key = tuple(loss[i])

@@ -25,7 +25,7 @@ from evo_fpn.errors import UsageError
 from evo_fpn.storage.rdb import mask_url
 
 if TYPE_CHECKING:
-    from optuna.artifacts._protocol import ArtifactStore
+    from evo_fpn.compat import ArtifactStore
 
 ARTIFACT_DIR_NAME = "artifacts"
 """Name of the artifact folder made next to a SQLite storage file."""

@@ -23,9 +23,9 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from evo_fpn import compat
 from evo_fpn.errors import UsageError
 from evo_fpn.storage import rdb as st
 from evo_fpn.study.analysis import FINISHED, best_value, objective_value
@@ -35,7 +35,7 @@ from evo_fpn.study.summary import Progress
 
 def count_trials(study: optuna.Study) -> tuple[int, int, float | None]:
     """(finished, running, best value) of the whole study, read from the storage."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     finished = [t for t in trials if t.state in FINISHED]
     running = len(trials) - len(finished)
     return len(finished), running, best_value(map(objective_value, finished), study.directions[0])
@@ -53,9 +53,8 @@ class StaleTrialWatch:
     trials every heartbeat interval, between this worker's trial boundaries."""
 
     def __init__(self, study: optuna.Study, interval: float | None = None) -> None:
-        storage = study._storage
-        if interval is None and is_heartbeat_enabled(storage):
-            interval = float(storage.get_heartbeat_interval())  # type: ignore[attr-defined]
+        if interval is None:
+            interval = compat.heartbeat_interval(study)
         self._study = study
         self.interval = interval
         self._stop = threading.Event()

@@ -26,7 +26,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from evo_fpn import record
+from evo_fpn import compat, record
 from evo_fpn.arch.load import load_arch
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.arch.spec import REFERENCE_SPECS, ArchSpec, SpecError
@@ -200,9 +200,7 @@ def _ranked(trials: list[FrozenTrial], directions: Sequence[optuna.study.StudyDi
     if len(directions) == 1:
         order = np.argsort(loss[:, 0], kind="stable")
     else:
-        from optuna.study._multi_objective import _fast_non_domination_rank
-
-        rank = _fast_non_domination_rank(loss)
+        rank = compat.fast_non_domination_rank(loss)
         order = np.lexsort((np.arange(len(trials)), loss[:, 0], rank))
     return [trials[i] for i in order]
 

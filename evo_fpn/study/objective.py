@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from evo_fpn import record
+from evo_fpn import compat, record
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.limits import Budgets
 from evo_fpn.tasks.base import Task, worker_id
@@ -167,7 +167,7 @@ def requeue_interrupted(study: optuna.Study, number: int) -> bool:
     if trial.state == TrialState.RUNNING:  # interrupted before Optuna's own tell
         study.tell(number, state=TrialState.FAIL)
     if trial.user_attrs.get(record.FAIL_REASON) != INTERRUPTED:
-        study._storage.set_trial_user_attr(trial._trial_id, record.FAIL_REASON, INTERRUPTED)
+        compat.set_trial_user_attr(study, trial, record.FAIL_REASON, INTERRUPTED)
     system_attrs = {**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", number)}
     system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), number]
     study.add_trial(
@@ -181,7 +181,7 @@ def requeue_interrupted(study: optuna.Study, number: int) -> bool:
 
 def find_duplicate(study: optuna.Study, spec_hash: str, number: int) -> optuna.trial.FrozenTrial | None:
     """The earliest COMPLETE, non-cached trial of ``study`` with this canonical hash."""
-    done = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+    done = compat.trials(study, states=(TrialState.COMPLETE,), use_cache=True)
     for t in sorted(done, key=lambda t: t.number):
         attrs = t.user_attrs
         if t.number != number and attrs.get(record.SPEC_HASH) == spec_hash and record.CACHED_FROM not in attrs:

@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from evo_fpn import record
+from evo_fpn import compat, record
 from evo_fpn.arch.space import NasFpnSpace
 from evo_fpn.arch.spec import REFERENCE_SPECS
 from evo_fpn.errors import UsageError
@@ -109,7 +109,7 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
             log(note)
         if study.user_attrs.get("n_trials") != cfg.n_trials:
             study.set_user_attr("n_trials", cfg.n_trials)
-        n_before = len(study._storage.get_all_trials(study._study_id, deepcopy=False))
+        n_before = len(study.get_trials(deepcopy=False))
         if n_before and cfg.sampler not in STORAGE_SEEDED_SAMPLERS:
             # A resumed run of a process-seeded sampler (random, TPE, NSGA-II) would replay the
             # first run's proposals: move the seed on by the study's size (still deterministic
@@ -161,7 +161,10 @@ def other_build_warning(study: optuna.Study, build: str | None) -> str | None:
     and the same settings trained on another machine give other features and other APs."""
     if build is None:
         return None
-    builds = finished_builds(study._storage, study._study_id)
+    builds = [
+        t.user_attrs.get(record.BACKBONE_BUILD)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ]
     others = sorted({b for b in builds if b is not None and b != build})
     if not others:
         return None
@@ -204,11 +207,11 @@ FINGERPRINT_WAIT_S = 10.0
 
 def _wait_for_fingerprint(study: optuna.Study) -> str | None:
     """The stored fingerprint; a study another worker just created may take a moment."""
-    if study._storage.get_all_trials(study._study_id, deepcopy=False):
-        return study._storage.get_study_user_attrs(study._study_id).get("fingerprint")
+    if study.get_trials(deepcopy=False):
+        return compat.fresh_study_user_attrs(study).get("fingerprint")
     deadline = time.monotonic() + FINGERPRINT_WAIT_S
     while True:
-        fp = study._storage.get_study_user_attrs(study._study_id).get("fingerprint")
+        fp = compat.fresh_study_user_attrs(study).get("fingerprint")
         if fp is not None or time.monotonic() >= deadline:
             return fp
         time.sleep(0.2)

@@ -64,7 +64,7 @@ class StudyFiguresCallback:
         self.every = every
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        n = len(study._storage.get_all_trials(study._study_id, deepcopy=False, states=FINISHED))
+        n = len(study.get_trials(deepcopy=False, states=FINISHED))
         if n == 0 or n % self.every:
             return
         try:
