@@ -48,6 +48,7 @@ def test_fresh_run_finishes_the_budget_and_records_everything(tmp_path: Path, ca
     attrs = study.user_attrs
     assert len(attrs["fingerprint"]) == 16 and attrs["sampler"] == "random" and attrs["n_trials"] == 3
     assert attrs["config"]["objective"] == "synthetic" and attrs["code_version"].startswith("0.")
+    assert study.metric_names == ["ap"]  # optuna-dashboard labels the value "ap", not "Objective 0"
     best = max(study.trials, key=lambda t: t.value)
     for t in study.trials:
         assert {"worker", "spec", "spec_hash", "ap", "ap50", "ap_small"} <= set(t.user_attrs)

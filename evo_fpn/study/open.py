@@ -116,6 +116,8 @@ def open_study(p: Prepared, *, log: Callable[[str], None]) -> tuple[optuna.Study
             # for a given study state). Ours derive each trial's randomness from (seed, trial
             # number), so they keep the seed and continue exactly as if never stopped.
             study.sampler = build_sampler(cfg, seed=p.seed + 7919 * n_before, space=p.space)
+    if study.metric_names is None:  # optuna-dashboard's axis label: "ap", not "Objective 0"
+        study.set_metric_names(list(cfg.value_names))
     if cfg.runner.enqueue_references and not study.user_attrs.get("references_enqueued"):
         study.set_user_attr("references_enqueued", True)
         for name, spec in REFERENCE_SPECS.items():
