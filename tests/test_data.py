@@ -105,6 +105,25 @@ def test_boxes_clipped_zero_area_dropped_crowd_kept_for_eval(tmp_path: Path) -> 
     assert [a["iscrowd"] for a in split.coco_gt["annotations"]] == [0, 1]
 
 
+def test_dropped_boxes_are_named_in_one_warning_line_per_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    anns = [
+        {"id": 21, "image_id": 10, "category_id": 3, "bbox": [30, 10, -20, 20]},  # negative width (issue 29)
+        {"id": 22, "image_id": 10, "category_id": 3, "bbox": [5, 5, 0, 8]},
+        {"id": 23, "image_id": 11, "category_id": 7, "bbox": [1, 1, 5, 5]},  # kept
+    ]
+    make_dataset(tmp_path, annotations=anns)
+    split = load_split(tmp_path, "train")
+    assert split.stats["dropped_zero_area"] == 2 and split.stats["annotations"] == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "instances_train.json" in err[0]
+    assert "dropped 2 annotation(s)" in err[0] and "ids 21, 22" in err[0]
+    load_split(tmp_path, "train")  # the same file again in this process: said once
+    assert capsys.readouterr().err == ""
+    make_dataset(tmp_path / "clean")
+    load_split(tmp_path / "clean", "train")
+    assert capsys.readouterr().err == ""  # nothing dropped, nothing said
+
+
 def test_resize_plain_and_letterbox(tmp_path: Path) -> None:
     make_dataset(tmp_path)
     split = load_split(tmp_path, "train")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,7 @@ def parse_coco(
     labels: list[list[int]] = [[] for _ in image_ids]
     gt_anns: list[dict[str, Any]] = []
     stats = {"annotations": 0, "clipped": 0, "dropped_zero_area": 0, "crowd": 0}
+    dropped: list[str] = []
     for ann in doc["annotations"]:
         try:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
@@ -176,6 +178,7 @@ def parse_coco(
         stats["clipped"] += int(clipped)
         if x1 - x0 <= 0.5 or y1 - y0 <= 0.5:
             stats["dropped_zero_area"] += 1
+            dropped.append(str(ann.get("id", "?")))
             continue
         crowd = int(bool(ann.get("iscrowd", 0)))
         stats["annotations"] += 1
@@ -195,6 +198,12 @@ def parse_coco(
         boxes[i].append([x0, y0, x1, y1])
         labels[i].append(cat_to_label[cid])
 
+    if dropped:
+        _warn_once(
+            f"warning: {where}: dropped {len(dropped)} annotation(s) whose box has no area inside its image "
+            f"(width or height <= 0.5 px after clipping, e.g. a negative width), ids {', '.join(dropped[:5])}"
+            f"{', ...' if len(dropped) > 5 else ''}; fix or remove them in the JSON"
+        )
     coco_gt = {
         "images": [
             {"id": iid, "width": s[0], "height": s[1], "file_name": f}
@@ -216,6 +225,16 @@ def parse_coco(
         coco_gt=coco_gt,
         stats=stats,
     )
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    """One line on stderr, once per process (every worker and seed reads the same files)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 def _image_size(path: Path) -> tuple[int, int]:
