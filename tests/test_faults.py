@@ -54,6 +54,8 @@ def check_resumed(url: str, n_trials: int, interrupted: list[int]) -> None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    cut = [t for t in trials if t.state == TrialState.FAIL]  # the trial the full disk interrupted
+    assert len(cut) == 1 and [t.system_attrs.get("failed_trial") for t in complete].count(cut[0].number) == 1
     for number in interrupted:
         stopped = trials[number]
         assert stopped.state == TrialState.FAIL and stopped.user_attrs[record.FAIL_REASON] == INTERRUPTED
@@ -120,3 +122,39 @@ def test_a_changed_setting_is_refused_before_any_stage_is_built(
     assert len(err) == 1 and "fingerprint 0123456789abcdef != " in err[0] and "--new-study" in err[0], done.stderr
     assert not cache.exists() or not any(cache.rglob("*.pt"))
     assert load(url, "quick").trials == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 1 MB tmpfs as the study folder (root only; skipped where mounting is not allowed)."""
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(tmp_path: Path, small_disk: Path) -> None:
+    write_study(tmp_path, n_trials=400)
+    full = run(["--study", "syn.toml"], tmp_path, timeout=240)
+    assert full.returncode == 1
+    err = full.stderr.strip().splitlines()
+    assert err[-1].startswith("error: the disk is full (database or disk is full)") and "Traceback" not in full.stderr
+    assert len([line for line in err if line.startswith("error:")]) == 1
+    url = f"sqlite:///{small_disk}/syn.db"
+    before = [t for t in load(url).get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    assert before  # trials finished before the disk filled
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    n = len(before) + 5
+    done = run(["--study", "syn.toml", "--n-trials", str(n)], tmp_path, timeout=240)
+    assert done.returncode == 0, done.stderr
+    trials = load(url).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n and [t.params for t in before] == [t.params for t in complete[: len(before)]]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    cut = [t for t in trials if t.state == TrialState.FAIL]  # the trial the full disk interrupted
+    assert len(cut) == 1 and [t.system_attrs.get("failed_trial") for t in complete].count(cut[0].number) == 1

@@ -10,7 +10,9 @@ KEY=VALUE`` with TOML values) and :func:`load_arch` (an architecture named on th
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -49,8 +51,37 @@ def guard(main: F) -> F:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as exc:
+            reason = disk_full(exc)
+            if reason is None:
+                raise
+            return fail(
+                f"the disk is full ({reason}): free space there and rerun the same command; finished trials "
+                "are kept and the interrupted one is retried",
+                code=1,
+            )
 
     return wrapper  # type: ignore[return-value]
+
+
+DISK_FULL = ("database or disk is full", "no space left on device", "could not extend file", "disk quota exceeded")
+"""How SQLite, the OS and PostgreSQL say that a write found no space."""
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """The disk-full reason anywhere in ``exc``'s chain (``None``: not a full disk). Optuna wraps
+    SQLite's error in its own and may raise an unrelated one after it, so the chain is read."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return os.strerror(exc.errno).lower()
+        text = str(exc).lower()
+        for sign in DISK_FULL:
+            if sign in text:
+                return sign
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 class ArgumentParser(argparse.ArgumentParser):
