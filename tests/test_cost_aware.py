@@ -203,7 +203,7 @@ def test_rl_reward_of_two_objectives_is_mnasnets() -> None:
     assert sampler.reward(over) is None  # infeasible: the floor, below every feasible trial
     single = RLControllerSampler(seed=0)
     with pytest.raises(ValueError, match="cost_target"):
-        single._check_directions(optuna.create_study(directions=["maximize", "minimize"]))
+        single.sync(optuna.create_study(directions=["maximize", "minimize"]))
 
 
 def test_rl_runs_a_two_objective_study_with_its_reward(tmp_path: Path) -> None:

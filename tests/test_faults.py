@@ -158,3 +158,40 @@ def test_a_full_disk_is_one_line_and_the_rerun_loses_nothing(tmp_path: Path, sma
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     cut = [t for t in trials if t.state == TrialState.FAIL]  # the trial the full disk interrupted
     assert len(cut) == 1 and [t.system_attrs.get("failed_trial") for t in complete].count(cut[0].number) == 1
+
+
+def test_an_architecture_running_on_another_worker_is_waited_for_not_trained_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 29 item 7: two workers proposing one architecture 0.15 s apart. The second sees
+    the first's hash (written under the budget lock), waits for it and re-uses its metrics."""
+    import threading
+
+    from evo_fpn.arch.space import NasFpnSpace
+    from evo_fpn.arch.spec import PUBLISHED_NASFPN
+    from evo_fpn.study import objective as objective_module
+    from evo_fpn.tasks.synthetic import SyntheticTask
+
+    monkeypatch.setattr(objective_module, "DUPLICATE_POLL_S", 0.05)
+    space = NasFpnSpace()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/d.db", direction="maximize")
+    params = space.encode(PUBLISHED_NASFPN)
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    first = study.ask()  # worker A's trial, mid-training
+    for name in params:
+        first.suggest_categorical(name, space.distributions[name].choices)
+    first.set_user_attr(record.SPEC_HASH, PUBLISHED_NASFPN.canonical_hash())
+    lock_released = threading.Event()
+    objective = objective_module.Objective(space=space, task=SyntheticTask(), dedup=True, on_start=lock_released.set)
+    worker_b = threading.Thread(target=lambda: study.optimize(objective, n_trials=1))
+    worker_b.start()
+    assert lock_released.wait(30)
+    assert study.get_trials(deepcopy=False)[1].user_attrs[record.SPEC_HASH] == PUBLISHED_NASFPN.canonical_hash()
+    worker_b.join(0.5)
+    assert worker_b.is_alive()  # waiting for A, not training
+    first.set_user_attr("ap", 0.5)
+    study.tell(first, 0.5)
+    worker_b.join(30)
+    second = study.get_trials(deepcopy=False)[1]
+    assert second.state == TrialState.COMPLETE and second.user_attrs[record.CACHED_FROM] == 0 and second.value == 0.5

@@ -4,16 +4,20 @@
 records the spec and its canonical hash as user attrs, and either
 
 * re-uses the metrics of an earlier COMPLETE trial of the same study with the same canonical
-  hash (the study's fingerprint guarantees the same proxy task), marked ``cached_from``, or
+  hash (the study's fingerprint guarantees the same proxy task), marked ``cached_from``; an
+  earlier trial still RUNNING with that hash (another worker's) is waited for first, so one
+  architecture is never trained twice side by side; or
 * counts its costs (and measures its latency when the study needs it), refuses it without
   training when it is over a budget (:mod:`evo_fpn.limits`: PRUNED, ``infeasible`` user attr),
-  or else hands the spec to the task (:class:`evo_fpn.tasks.proxy.ProxyTask`, :class:`SyntheticTask`,
-  or any registered objective, :mod:`evo_fpn.study.registry`), records the metrics it returns
-  (:mod:`evo_fpn.record`) and returns the study's value(s) from them.
+  or else hands the spec to the task (:class:`evo_fpn.tasks.proxy.ProxyTask`,
+  :class:`~evo_fpn.tasks.synthetic.SyntheticTask`, or any registered objective,
+  :mod:`evo_fpn.study.registry`), records the metrics it returns (:mod:`evo_fpn.record`) and
+  returns the study's value(s) from them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,8 +60,9 @@ class Objective:
 
     ``failures``: exception types that fail only this trial (``evo_fpn.errors.TrialFailed``);
     their message becomes the ``fail_reason`` user attr, and the runner passes the same types
-    to ``study.optimize(catch=...)`` so the worker goes on. ``on_start`` runs first thing in
-    every trial (the runner releases its budget lock there, once the trial exists).
+    to ``study.optimize(catch=...)`` so the worker goes on. ``on_start`` runs once the
+    trial's architecture and hash are written (the runner releases its budget lock there, so
+    the next worker's sampler and duplicate check see them).
     ``artifact_store``: where the architecture picture is uploaded. ``value_names``: the
     metrics that are the study's values (:func:`evo_fpn.record.study_values`); with more than
     one, the task gets no reporter (Optuna cannot prune multi-objective trials). ``budgets``:
@@ -111,8 +116,6 @@ class Objective:
             raise
 
     def _evaluate(self, trial: optuna.Trial) -> float | list[float]:
-        if self.on_start is not None:
-            self.on_start()
         trial.set_user_attr(record.WORKER, self.worker)
         if self.objective_name is not None:
             trial.set_user_attr(record.OBJECTIVE, self.objective_name)
@@ -122,11 +125,18 @@ class Objective:
         spec_hash = spec.canonical_hash()
         trial.set_user_attr(record.SPEC, spec.to_json())
         trial.set_user_attr(record.SPEC_HASH, spec_hash)
+        # Still under the runner's lock: the next worker's sampler and duplicate check see this
+        # trial's params and hash, so two workers never train one architecture side by side.
+        running = find_running_duplicate(trial.study, spec_hash, trial.number) if self.dedup else None
+        if self.on_start is not None:
+            self.on_start()
         if self.artifact_store is not None:
             from evo_fpn.study.artifacts import attach_architecture
 
             attach_architecture(trial, spec, self.artifact_store)
         if self.dedup:
+            if running is not None:
+                wait_until_finished(trial.study, running)
             earlier = find_duplicate(trial.study, spec_hash, trial.number)
             if earlier is not None:
                 for name, value in earlier.constraints.items():
@@ -187,6 +197,27 @@ def find_duplicate(study: optuna.Study, spec_hash: str, number: int) -> optuna.t
         if t.number != number and attrs.get(record.SPEC_HASH) == spec_hash and record.CACHED_FROM not in attrs:
             return t
     return None
+
+
+def find_running_duplicate(study: optuna.Study, spec_hash: str, number: int) -> int | None:
+    """The number of an earlier RUNNING trial training the same architecture (read fresh)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    same = [t.number for t in running if t.number < number and t.user_attrs.get(record.SPEC_HASH) == spec_hash]
+    return min(same, default=None)
+
+
+DUPLICATE_POLL_S = 2.0
+"""How often a trial waiting for a running duplicate looks at it again."""
+
+
+def wait_until_finished(study: optuna.Study, number: int) -> None:
+    """Wait while trial ``number`` runs (a killed worker's trial is failed by the stale-trial
+    check, so this ends): then its metrics are re-used, or, if it failed, this trial trains."""
+    while True:
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        if trial.state != TrialState.RUNNING:
+            return
+        time.sleep(DUPLICATE_POLL_S)
 
 
 def reuse(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float | list[float]:
