@@ -84,7 +84,8 @@ class Backend(ABC):
 
     def waiter(self, log: Callable[[str], None] | None = None) -> Waiter:
         """The :class:`~evo_fpn.storage.retry.Waiter` for this storage: its name, fix and password scrubber."""
-        return Waiter(self.what, log=log, fix=self.fix, scrub=lambda text: scrub(text, self.url))
+        # partials, not lambdas: a storage built with them pickles, as Optuna's storages do
+        return Waiter(self.what, log=log, fix=self.fix, scrub=functools.partial(scrub, url=self.url))
 
     @abstractmethod
     def check(self) -> None:
@@ -116,6 +117,10 @@ class Backend(ABC):
 
     def lock_engine(self) -> sqlalchemy.engine.Engine | None:
         """An engine for advisory locks where the database has them (PostgreSQL), else ``None``."""
+        return None
+
+    def close(self) -> None:
+        """Let go of what this process holds for the URL outside its storages (a reserved connection)."""
         return None
 
 
@@ -209,7 +214,7 @@ class SqlBackend(Backend):
             optuna.storages._CachedStorage(rdb),
             what=w.what,
             heartbeat=rdb,
-            stale_trial_ids=lambda study_id: stale_trial_ids(rdb, study_id, grace_period),
+            stale_trial_ids=functools.partial(stale_trial_ids, rdb, grace_period=grace_period),
             wait_s=w.wait_s,
             log=log,
             fix=w.fix,
@@ -345,6 +350,11 @@ class PostgresBackend(SqlBackend):
         with self._reserved_lock:
             conn, self._reserved = self._reserved, None
         return conn
+
+    def close(self) -> None:
+        conn = self._take_reserved()
+        if conn is not None:
+            conn.close()
 
     def mutex(self, study_name: str, *, log: Callable[[str], None] | None = None) -> Mutex:
         return AdvisoryLock(
