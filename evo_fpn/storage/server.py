@@ -36,6 +36,7 @@ from typing import Any
 
 import optuna
 
+from evo_fpn.compat import grpc_servicer
 from evo_fpn.errors import UsageError
 from evo_fpn.storage.backends import SqlBackend, backend_for
 from evo_fpn.storage.client import SERVICE, decode, encode, import_grpc
@@ -232,9 +233,7 @@ def serve(
     log: Callable[[str], None] | None = None,
 ) -> Server:
     """Start a storage server for the database ``url`` (checked first) on ``host:port``."""
-    from optuna.storages._grpc.auto_generated import api_pb2_grpc
-    from optuna.storages._grpc.servicer import OptunaStorageProxyService
-
+    proxy_service, api_pb2_grpc = grpc_servicer()
     grpc = import_grpc()
     log = log or _stderr
     backend = backend_for(url)
@@ -256,7 +255,7 @@ def serve(
         ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="storage-server"),
         options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
     )
-    api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(store), server)
+    api_pb2_grpc.add_StorageServiceServicer_to_server(proxy_service(store), server)
     server.add_generic_rpc_handlers((handlers.generic_handler(),))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
