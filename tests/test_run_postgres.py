@@ -140,3 +140,41 @@ def test_storage_from_environment_and_password_from_pgpassword(
     assert main(["--study", "syn.toml", "--no-progress"]) == 0
     assert states(load(pg_url)) == {"COMPLETE": 2}
     assert not (tmp_path / "studies" / "syn.db").exists()
+
+
+def _children(parent: int) -> list[int]:
+    """Process ids whose parent is ``parent`` (Linux ``/proc``)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:  # gone meanwhile
+            continue
+        if fields.get("PPid", "").strip() == str(parent):
+            out.append(int(status.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_local_workers_get_the_storage_url_in_their_environment_not_their_argv(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """What ``ps`` shows of a ``--workers`` child holds no password; the children still share the study."""
+    write_study(tmp_path, n_trials=4, sleep=0.5)
+    parent = start(["--study", "syn.toml", "--storage", pg_url, "--workers", "2"], tmp_path)
+    try:
+        pids = wait_for(lambda: len(_children(parent.pid)) == 2 and _children(parent.pid), 120, "two child workers")
+        for pid in pids:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"--child" in argv and b"--storage" not in argv
+            assert not any(pg_cluster.password.encode() in a for a in argv)
+            assert f"EVO_FPN_STORAGE={pg_url}".encode() in environ
+        out, err = parent.communicate(timeout=180)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.communicate()
+    assert parent.returncode == 0, err
+    assert states(load(pg_url)) == {"COMPLETE": 4}
+    assert not (tmp_path / "studies" / "syn.db").exists()  # no child fell back to the SQLite default

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from evo_fpn.storage.rdb import StorageError, _scrub, mask_url, parse_url
+from evo_fpn.storage.urls import StorageError, mask_url, parse_url, scrub
 from evo_fpn.study import artifacts as report
 
 
@@ -15,7 +15,7 @@ from evo_fpn.study import artifacts as report
         ("postgresql+psycopg://evo:s3cret@db.lab:5432/evo_fpn", "postgresql+psycopg://evo:***@db.lab:5432/evo_fpn"),
         ("postgresql://user:s3cret@host:notaport/db", "postgresql://user:***@host:notaport/db"),  # bad port
         ("postgresql://user:s3/cret@host:x/db", "postgresql://user:***@host:x/db"),  # '/' in the password
-        ("postgresql://user:s3@cret@host/db", "postgresql://user:***@host/db"),  # unescaped '@'
+        ("postgresql://user:s3@cret@host/db", "postgresql://***@host/db"),  # unescaped '@': all of the user info
         ("postgresql://user:s3?cret@host/db", "postgresql://user:***@host/db"),  # unescaped '?'
         ("://user:s3cret@host/db", "://user:***@host/db"),  # no scheme
         ("user:s3cret@host/db", "user:***@host/db"),
@@ -45,5 +45,31 @@ def test_the_unparsable_url_really_is_unparsable_and_every_printer_masks_it() ->
 
 
 def test_scrub_removes_the_password_from_driver_messages() -> None:
-    assert _scrub("FATAL: auth failed for s3/cret", "postgresql://u:s3/cret@h:x/db") == "FATAL: auth failed for ***"
-    assert _scrub("no\n password  here", "postgresql://u@h/db") == "no password here"
+    assert scrub("FATAL: auth failed for s3/cret", "postgresql://u:s3/cret@h:x/db") == "FATAL: auth failed for ***"
+    assert scrub("no\n password  here", "postgresql://u@h/db") == "no password here"
+
+
+AMBIGUOUS = [
+    # SQLAlchemy reads host SecretHalf, database MoreSecret: half the password would print as the address
+    ("postgresql+psycopg://evo:s3hunter2@SecretHalf/MoreSecret?x@127.0.0.1:55432/evo_fpn",
+     "postgresql+psycopg://***@127.0.0.1:55432/evo_fpn"),
+    # SQLAlchemy reads host SecretHalf@127.0.0.1
+    ("postgresql+psycopg://evo:s3hunter2@SecretHalf@127.0.0.1:55432/db", "postgresql+psycopg://***@127.0.0.1:55432/db"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("url", "masked"), AMBIGUOUS)
+def test_an_ambiguous_url_masks_everything_between_the_scheme_and_the_last_at(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "s3" not in scrub(f"could not translate host name {url}", url)
+    with pytest.raises(StorageError) as exc:
+        parse_url(url)  # never connects to part of the password as a host, never prints it
+    message = str(exc.value)
+    assert masked in message and "%40" in message
+    assert "Secret" not in message and "hunter" not in message and "s3" not in message
+
+
+def test_an_at_in_a_sqlite_path_is_a_path_not_a_password() -> None:
+    url = "sqlite:///runs/a@b/c@d.db"
+    assert mask_url(url) == url
+    assert str(parse_url(url).database) == "runs/a@b/c@d.db"

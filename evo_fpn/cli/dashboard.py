@@ -24,7 +24,7 @@ from pathlib import Path
 import optuna
 
 from evo_fpn.cli.common import ArgumentParser, UsageError, guard
-from evo_fpn.storage.rdb import mask_url
+from evo_fpn.storage.urls import mask_url
 from evo_fpn.viz import pages
 from evo_fpn.viz.study_data import StudyData
 

@@ -1,9 +1,9 @@
 """The storage server's client side: what a worker uses for ``--storage grpc://HOST:PORT``.
 
 :class:`GrpcStorage` is Optuna's ``GrpcStorageProxy`` plus heartbeats, and :class:`LeaseLock`
-the budget lock, both through the extra RPCs of :mod:`evo_fpn.cli.storage_server` (JSON messages
-on the service :data:`SERVICE`, no generated code). Kept apart from the server so that
-:mod:`evo_fpn.storage.rdb` imports only downwards.
+the budget lock, both through the extra RPCs of :mod:`evo_fpn.storage.server` (JSON messages
+on the service :data:`SERVICE`, no generated code). Kept apart from the server so that a
+worker needs none of the server's code, and :mod:`evo_fpn.storage.backends` imports only downwards.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Waiting out a storage that is briefly unavailable, instead of dying with a traceback.
 
 A worker among hundreds meets ``too many clients``, a database that restarts, a network blip
-or a storage server (:mod:`evo_fpn.cli.storage_server`) that is restarted. Those errors are
+or a storage server (:mod:`evo_fpn.storage.server`) that is restarted. Those errors are
 *transient*: :func:`is_transient` recognises them (wrong passwords, missing databases and bad
 data are not), and :class:`Waiter` retries with jittered exponential backoff (so that
 hundreds of workers do not reconnect in step), printing one status line now and then, for
 at most ``$EVO_FPN_STORAGE_WAIT`` seconds (default 600); then a one-line
-:class:`~evo_fpn.storage.rdb.StorageError`.
+:class:`~evo_fpn.storage.urls.StorageError`.
 
 :class:`RetryingStorage` wraps an Optuna storage so that every call waits like that. A retried
 write must not be written twice: parameter, attribute and heartbeat writes are upserts; a
@@ -221,7 +221,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     """An Optuna storage whose calls wait out transient errors (see the module docstring).
 
     ``stale_trial_ids`` (optional) replaces the inner storage's stale-trial query; it is how
-    trials left RUNNING without any heartbeat are found (see :func:`evo_fpn.storage.rdb.stale_trial_ids`).
+    trials left RUNNING without any heartbeat are found (see :func:`evo_fpn.storage.sql.stale_trial_ids`).
     """
 
     def __init__(

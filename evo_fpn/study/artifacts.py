@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from evo_fpn.arch.draw import spec_to_svg
 from evo_fpn.arch.spec import ArchSpec
 from evo_fpn.errors import UsageError
-from evo_fpn.storage.rdb import mask_url
+from evo_fpn.storage.urls import mask_url
 
 if TYPE_CHECKING:
     from evo_fpn.compat import ArtifactStore

@@ -3,7 +3,9 @@
 Each child is ``python -m evo_fpn.run`` with the same flags plus ``--worker-index i --child``,
 so it joins the study like any worker on another machine (the budget loop keeps the total
 exact). With several visible GPUs each child sees one; CPU children share the cores. The
-parent only shows the study's progress and passes Ctrl-C on.
+parent only shows the study's progress and passes Ctrl-C on. The storage URL goes to the
+children in ``$EVO_FPN_STORAGE``, not in their argv: a command line is visible to every user
+of the machine (``ps``), and the URL may hold a password.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 
 import optuna
 
+from evo_fpn.storage.urls import ENV_STORAGE
 from evo_fpn.study.budget import count_trials
 from evo_fpn.study.summary import Progress
 
@@ -24,13 +27,15 @@ from evo_fpn.study.summary import Progress
 def spawn_workers(argv: Sequence[str], k: int, device: str, threads: int | None) -> list[subprocess.Popen]:
     """Start ``k`` copies of this command as child workers (one GPU each when there are several)."""
     gpus = _visible_gpus() if device != "cpu" else []
-    base = _strip_workers(list(argv))
+    base, storage = _split_storage(_strip_workers(list(argv)))
     if not gpus and threads is None:
         # CPU workers share the cores: without this, each would start one thread per core.
         base += ["--threads", str(max(1, (os.cpu_count() or 1) // k))]
     procs = []
     for i in range(k):
         env = dict(os.environ)
+        if storage is not None:
+            env[ENV_STORAGE] = storage
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         cmd = [sys.executable, "-m", "evo_fpn.run", *base, "--worker-index", str(i), "--child", "--no-progress"]
@@ -51,6 +56,22 @@ def _strip_workers(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def _split_storage(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--storage URL`` (or ``--storage=URL``, or an abbreviation argparse
+    accepts, such as ``--stor``), and the URL given last (``None``: the children inherit
+    ``$EVO_FPN_STORAGE`` or use the default, as the parent did)."""
+    out: list[str] = []
+    url = None
+    it = iter(argv)
+    for a in it:
+        flag, eq, value = a.partition("=")
+        if len(flag) >= len("--sto") and "--storage".startswith(flag):
+            url = value if eq else next(it, None)
+            continue
+        out.append(a)
+    return out, url
 
 
 def _visible_gpus() -> list[str]:
