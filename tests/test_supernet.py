@@ -23,11 +23,13 @@ from evo_fpn.cli.common import UsageError
 from evo_fpn.cli.run import main
 from evo_fpn.errors import TrialFailed
 from evo_fpn.model.neck import NasFpn
+from evo_fpn.study import caches
+from evo_fpn.tasks import supernet_training
 from evo_fpn.tasks.proxy import ProxyConfig
 from evo_fpn.tasks.supernet import SupernetConfig, SupernetTask
 from evo_fpn.tasks.supernet_training import SharedNeck, spec_sampler
 from evo_fpn.training import features as features_module
-from evo_fpn.training.cache import build_once, checksum_path, file_digest
+from evo_fpn.training.cache import build_once, checksum_path, damage, file_digest
 
 TINY_NET = SupernetConfig(epochs=2.0, recal_batches=2, checkpoints=2)
 
@@ -274,6 +276,41 @@ def first_worker(
     return args
 
 
+def forget_published_builds(tmp_path: Path, name: str) -> None:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'studies' / f'{name}.db'}")
+    assert set(study.user_attrs[caches.ATTR]) == {"stage", "supernet"}
+    study.set_user_attr(caches.ATTR, {})
+
+
+def test_a_worker_with_an_empty_cache_fetches_the_studys_builds_instead_of_training_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], task: SupernetTask
+) -> None:
+    """Issue 29: two workers with separate $EVO_FPN_CACHE folders join one study; the stage and
+    the supernet are trained once, by the first, and the second uses exactly that build."""
+    args = first_worker(tmp_path, monkeypatch, task, "shared", n_trials=2)
+    assert "stored this worker's cache files" in capsys.readouterr().err
+    fresh = tmp_path / "second-machine"
+    monkeypatch.setenv("EVO_FPN_CACHE", str(fresh))
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("the second worker trained its own build")
+
+    monkeypatch.setattr(features_module, "build_stage", never)
+    monkeypatch.setattr(supernet_training, "train_supernet", never)
+    assert main([*args, "--n-trials", "4"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("fetching the study's") == 2 and "no backbone stage" not in err
+    for path in (task.store.cache_path(), task.cache_path()):
+        copy = fresh / path.name
+        assert copy.read_bytes() == path.read_bytes() and damage(copy) is None
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'studies' / 'shared.db'}")
+    assert [t.user_attrs[record.BACKBONE_BUILD] for t in study.trials] == [task.backbone_build] * 4
+    other = tmp_path / "third-machine"  # an unreadable artifact store is one line, before any build
+    monkeypatch.setenv("EVO_FPN_CACHE", str(other))
+    assert main([*args, "--n-trials", "5", "--artifacts", str(tmp_path / "nowhere")]) == 2
+    assert "cannot read" in capsys.readouterr().err and not (other / task.store.cache_path().name).exists()
+
+
 def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], task: SupernetTask
 ) -> None:
@@ -281,6 +318,7 @@ def test_a_worker_on_another_build_of_the_backbone_stage_is_warned(
     joins the study, says so in one line, and records its own build on its trials."""
     args = first_worker(tmp_path, monkeypatch, task, "mixed", n_trials=2)
     assert "another build" not in capsys.readouterr().err
+    forget_published_builds(tmp_path, "mixed")  # a study from before builds were stored with it
     other = tmp_path / "other-machine"
     other.mkdir()
     for path in task.store.cache_dir.iterdir():  # the same files, but another backbone
@@ -315,6 +353,7 @@ def test_a_worker_without_the_stage_is_warned_before_it_trains_its_own(
     build and the file to copy, and the study is left as it was."""
     args = first_worker(tmp_path, monkeypatch, task, "joined", n_trials=1)
     assert "no backbone stage" not in capsys.readouterr().err  # it had the stage
+    forget_published_builds(tmp_path, "joined")  # a study from before builds were stored with it
     fresh = tmp_path / "new-machine"
     fresh.mkdir()
     for path in task.store.cache_dir.iterdir():  # the dataset, but no stage

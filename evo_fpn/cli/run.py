@@ -42,6 +42,7 @@ from evo_fpn.study import enqueue
 from evo_fpn.study import registry as objectives
 from evo_fpn.study.artifacts import default_artifact_dir, make_artifact_store
 from evo_fpn.study.budget import count_trials, run_worker
+from evo_fpn.study.caches import adopt_study_builds, publish_builds
 from evo_fpn.study.config import (
     DEVICES,
     OBJECTIVES,
@@ -194,11 +195,13 @@ def prepare(args: argparse.Namespace) -> Prepared:
     resolved = {**cfg.to_dict(), **info.resolved}
     st.check_storage(url)
     check_stored_fingerprint(url, cfg.name, fingerprint(parts), resolved)  # before any stage is built
-    note = None if args.child else missing_stage_warning(url, cfg.name, info.task)
+    artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
+    log = None if args.child else (lambda msg: print(msg, file=sys.stderr))
+    fetched = adopt_study_builds(url, cfg.name, info.task, artifact_dir, log=log or (lambda _: None))
+    note = None if args.child or fetched else missing_stage_warning(url, cfg.name, info.task)
     if note:
         print(note, file=sys.stderr)
     info.task.prepare()  # dataset checks (DatasetError) before anything is written
-    artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
     return Prepared(
         cfg=cfg,
         url=url,
@@ -254,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     queued = enqueue.plan(args.enqueue, args.enqueue_top, url=p.url, space=p.space, open_storage=lambda: _storage(p))
     study, created = open_study(p, log=log)
     cfg = p.cfg
+    if p.artifact_dir is not None and publish_builds(study, p.task.task, p.artifact_dir) and not args.child:
+        log(f"stored this worker's cache files with study {cfg.name!r} in {p.artifact_dir}: joining workers use them")
     if not args.child:
         log(
             f"{'new' if created else 'resuming'} study {cfg.name!r} in {st.mask_url(p.url)}: budget {cfg.n_trials} "

@@ -99,6 +99,10 @@ class ProxyTask:
         after :meth:`prepare`): :func:`evo_fpn.training.features.state_digest` of the frozen backbone."""
         return self.store.backbone_build
 
+    def cache_files(self) -> dict[str, Path]:
+        """The cache files its scores depend on, by kind: the backbone stage (cached mode)."""
+        return {"stage": self.store.cache_path()} if self.store.cached else {}
+
     def cache_meta(self) -> dict[str, Any]:
         """Timing facts of the cached backbone stage (empty in end-to-end mode)."""
         return self.store.cache_meta()

@@ -102,6 +102,10 @@ class SupernetTask:
     def key(self) -> str:
         return supernet_key(self.config, self.space, self.supernet)
 
+    def cache_files(self) -> dict[str, Path]:
+        """The cache files its scores depend on, by kind: the backbone stage and the supernet."""
+        return {"stage": self.store.cache_path(), "supernet": self.cache_path()}
+
     def cache_path(self) -> Path:
         return supernet_path(self.store, self.config, self.space, self.supernet)
 

@@ -24,6 +24,7 @@ import torch
 
 CHECKSUM_SUFFIX = ".sha256"
 DAMAGED_SUFFIX = ".damaged"
+REPLACED_SUFFIX = ".replaced"
 
 
 def checksum_path(path: Path) -> Path:
@@ -93,6 +94,41 @@ def load_verified(path: Path, build: Callable[[], dict[str, Any]], *, what: str)
     if blob is None or damage(path) is not None:
         raise OSError(f"{path}: the rebuilt {what} cannot be read back; check the disk (df -h {path.parent})")
     return blob
+
+
+def recorded_digest(path: Path) -> str:
+    """The file's SHA-256 as recorded beside it (computed, and recorded, for an older file)."""
+    expected = checksum_path(path)
+    if expected.is_file():
+        return expected.read_text().strip()
+    digest = file_digest(path)
+    _write_text_atomically(expected, digest)
+    return digest
+
+
+def install(path: Path, fetch: Callable[[Path], None], *, sha256: str, what: str) -> None:
+    """Put another machine's build at ``path``: ``fetch(tmp)`` writes it to a temp file in the
+    same folder, which must hash to ``sha256``; it then replaces the local file (kept beside as
+    ``NAME.replaced``) under the lock, with its checksum, so readers see one build or the other."""
+    with _locked(path):
+        if path.is_file() and recorded_digest(path) == sha256:
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)  # fetchers refuse to overwrite
+        try:
+            fetch(Path(tmp))
+            got = file_digest(Path(tmp))
+            if got != sha256:
+                raise OSError(f"the fetched {what} hashes to {got[:12]}, not the study's {sha256[:12]}")
+            os.chmod(tmp, 0o644)
+            if path.is_file():
+                os.replace(path, path.with_name(path.name + REPLACED_SUFFIX))
+            _write_text_atomically(checksum_path(path), sha256)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
