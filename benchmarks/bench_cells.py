@@ -255,7 +255,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def print_markdown(rows: list[dict[str, Any]]) -> None:
-    """The table as the README shows it."""
+    """The table as docs/benchmarks/cells.md shows it."""
     print("| mode | setting | architecture | AP mean | std | seeds (APs) | neck MFLOPs | neck params |")
     print("|---|---|---|--:|--:|---|--:|--:|")
     for r in rows:
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the missing runs this process would train, train nothing")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
     p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
-    p.add_argument("--markdown", action="store_true", help="with --report: the README's table")
+    p.add_argument("--markdown", action="store_true", help="with --report: the docs page's table")
     p.add_argument("--records", type=Path, default=RECORDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.seeds < 1:

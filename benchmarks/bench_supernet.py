@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
     p.add_argument("--json", action="store_true", help="with --report: the rows as one JSON list")
-    p.add_argument("--markdown", action="store_true", help="with --report: the README's table")
+    p.add_argument("--markdown", action="store_true", help="with --report: the docs page's table")
     p.add_argument("--records", type=Path, default=SUPERNET_RECORDS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     levers = [n.strip() for n in args.levers.split(",") if n.strip()]

@@ -5,7 +5,7 @@ virtual time budget) and at screenshot pixels, not only at HTTP status codes.
 
 Chromium is Debian's ``chromium`` package (``apt-get install chromium``). Without it these
 tests skip, unless ``EVO_FPN_REQUIRE_SERVICES=1`` (CI), where they fail instead.
-Set ``EVO_FPN_SCREENSHOTS=docs/img`` to also save the screenshots used in the README.
+Set ``EVO_FPN_SCREENSHOTS=docs/img`` to also save the screenshots used in the docs.
 """
 
 from __future__ import annotations

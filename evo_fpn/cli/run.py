@@ -176,7 +176,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if args.workers > 1 and st.is_sqlite(url):
         raise st.StorageError(
             f"--workers {args.workers} needs a storage many processes can share, and SQLite is for one process: "
-            "pass --storage postgresql+psycopg://USER@HOST/DB (see README 'Scaling out')"
+            "pass --storage postgresql+psycopg://USER@HOST/DB (see docs/guide/scaling-out.md)"
         )
     space = NasFpnSpace(cfg.space)
     if cfg.runner.enqueue_references:

@@ -1,6 +1,6 @@
 """Seeding a study with known architectures: ``--enqueue FILE.json`` and ``--enqueue-top STUDY:K``.
 
-Two stages, as the README's "Two-stage search" shows: screen thousands of architectures with
+Two stages, as docs/guide/search.md's "Two-stage search" shows: screen thousands of architectures with
 the cheap supernet objective, then enqueue the best few of that study into a proxy study,
 which trains them stand-alone before it samples anything.
 

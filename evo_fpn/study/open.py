@@ -174,7 +174,7 @@ def other_build_warning(study: optuna.Study, build: str | None) -> str | None:
     return (
         f"warning: {n} finished trial(s) of study {study.study_name!r} trained on another build of the backbone "
         f"stage ({', '.join(others)}; this worker's is {build}), whose features and APs differ from this one's: "
-        "give every worker one shared $EVO_FPN_CACHE folder (README, 'Scaling out')"
+        "this study is older than stored builds: share one $EVO_FPN_CACHE folder (docs/guide/scaling-out.md)"
     )
 
 
@@ -195,7 +195,7 @@ def missing_stage_warning(url: str, study_name: str, task: Any) -> str | None:
         f"warning: this worker has no backbone stage {store.cache_path().name} and will train its own, but "
         f"study {study_name!r} trained on build {', '.join(builds)}, whose features and APs this one's will not "
         "match: stop now (Ctrl-C) and copy that file into this machine's $EVO_FPN_CACHE from the machine that "
-        "built it, or share one $EVO_FPN_CACHE folder (README, 'Scaling out')"
+        "built it, or share one $EVO_FPN_CACHE folder (docs/guide/scaling-out.md)"
     )
 
 

@@ -49,7 +49,7 @@ class ProxyConfig:
     backbone_epochs: float = 24.0
     backbone_seed: int = 0
     width: int = 64
-    repeats: int = 1  # one pass, as torchvision's FPN: at 3 repeats every neck lost to FPN (README, cells)
+    repeats: int = 1  # one pass, as torchvision's FPN: at 3 repeats every neck lost to FPN (docs/benchmarks/cells.md)
     neck_norm: str = "batch"
     fpn_norm: str | None = None  # torchvision FPN's norm; None: neck_norm's, but none for "batch" (as shipped)
     norm_recal_batches: int = 0  # re-estimate the neck's BatchNorm statistics on this many train batches before eval
@@ -245,7 +245,7 @@ PRESETS: dict[str, ProxyConfig] = {
         reports=2,
     ),
     # Two seeds per trial, side by side on 2 CPU cores (one thread each). One repeat since the
-    # depth finding (README, "Why our pyramids lost to FPN"): at 3 repeats published NAS-FPN
+    # depth finding (docs/benchmarks/cells.md): at 3 repeats published NAS-FPN
     # scored 0.1765 against torchvision FPN's 0.2536, at 1 repeat 0.2549. At 1 repeat: signal-
     # to-noise 11.6 with two seeds against 7.9 with one (20 architectures); Kendall tau 0.70 over
     # the 12 benchmark architectures against the 8-epoch end-to-end reference. A one-off ~21-26
