@@ -91,6 +91,28 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a bad one is argparse's one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def image_size_arg(text: str) -> tuple[int, int]:
+    """An argparse type: ``S`` or ``HxW`` -> (height, width)."""
+    from evo_fpn.model.cost import image_hw
+
+    try:
+        values = [int(p) for p in text.lower().split("x")]
+        return image_hw(values[0] if len(values) == 1 else tuple(values))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S or HxW with positive integers, got {text!r}") from None
+
+
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs -> ``{KEY: value}``, values read as TOML.
 

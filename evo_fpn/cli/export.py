@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evo_fpn.arch.spec import REFERENCE_SPECS
-from evo_fpn.cli.common import ArgumentParser, UsageError, guard, load_arch
+from evo_fpn.cli.common import ArgumentParser, UsageError, guard, image_size_arg, load_arch, positive_int
 from evo_fpn.model.backbone_with_neck import load_trained, trained_record
-from evo_fpn.model.cost import backbone_feature_shapes, image_hw
+from evo_fpn.model.cost import backbone_feature_shapes
 from evo_fpn.model.detector import neck_norm_layer
 from evo_fpn.model.export import FORMATS, export_neck, output_names
 from evo_fpn.model.neck import BACKBONE_CHANNELS, CELL_CONVS, build_neck
@@ -32,35 +32,17 @@ DEFAULTS = {"width": 256, "repeats": 7, "neck_norm": "batch", "cell_conv": "conv
 """The paper's 7@256 (as ``inspect``), the project's norm and cell conv."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        values = [int(p) for p in text.lower().split("x")]
-        return image_hw(values[0] if len(values) == 1 else tuple(values))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S or HxW with positive integers, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python -m evo_fpn.export", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("spec", help=f"{' | '.join(REFERENCE_SPECS)} | PATH.json | inline JSON")
     p.add_argument("--backbone", help=f"whose C3..C5 channels the neck takes: {', '.join(BACKBONE_CHANNELS)}")
-    p.add_argument("--width", type=_positive, help=f"pyramid channels (default {DEFAULTS['width']})")
-    p.add_argument("--repeats", type=_positive, help=f"pyramid repeats (default {DEFAULTS['repeats']})")
+    p.add_argument("--width", type=positive_int, help=f"pyramid channels (default {DEFAULTS['width']})")
+    p.add_argument("--repeats", type=positive_int, help=f"pyramid repeats (default {DEFAULTS['repeats']})")
     p.add_argument("--format", choices=FORMATS, help="file format (default: from --out's suffix, .onnx or .pt)")
     p.add_argument("--out", required=True, help="the file to write")
-    p.add_argument("--image-size", type=_image_size, default="640", help="S or HxW the neck is exported for")
+    p.add_argument("--image-size", type=image_size_arg, default="640", help="S or HxW the neck is exported for")
     p.add_argument("--weights", help="a model.pt of python -m evo_fpn.train (default: freshly initialised)")
     return p
 

@@ -20,30 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from evo_fpn.arch.spec import REFERENCE_SPECS, ArchSpec
-from evo_fpn.cli.common import ArgumentParser, UsageError, guard, load_arch
-from evo_fpn.model.cost import image_hw, neck_cost, resolve_backbone_channels
+from evo_fpn.cli.common import ArgumentParser, UsageError, guard, image_size_arg, load_arch, positive_int
+from evo_fpn.model.cost import neck_cost, resolve_backbone_channels
 from evo_fpn.model.neck import BACKBONE_CHANNELS
 
 DEFAULTS = {"backbone": "resnet50", "channels": 256, "repeats": 7, "image_size": "640"}
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-        return image_hw(values[0] if len(values) == 1 else tuple(values))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S or HxW with positive integers, got {text!r}") from None
 
 
 def parse_backbone(text: str) -> tuple[int, int, int]:
@@ -70,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"backbone for the input projections: {', '.join(BACKBONE_CHANNELS)}, or C3,C4,C5 channels "
         f"(default {DEFAULTS['backbone']})",
     )
-    p.add_argument("--channels", type=_positive, default=DEFAULTS["channels"], help="pyramid width (default 256)")
-    p.add_argument("--repeats", type=_positive, default=DEFAULTS["repeats"], help="pyramid repeats (default 7)")
+    p.add_argument("--channels", type=positive_int, default=DEFAULTS["channels"], help="pyramid width (default 256)")
+    p.add_argument("--repeats", type=positive_int, default=DEFAULTS["repeats"], help="pyramid repeats (default 7)")
     p.add_argument(
-        "--image-size", type=_image_size, default=DEFAULTS["image_size"], help="S or HxW for FLOPs (default 640)"
+        "--image-size", type=image_size_arg, default=DEFAULTS["image_size"], help="S or HxW for FLOPs (default 640)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p
