@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,13 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_url(pg_cluster: PgCluster) -> str:
     """URL (with password) of a fresh, empty database on the session's cluster."""
     return pg_cluster.new_database(f"t{os.getpid()}_{next(_counter)}")
+
+
+@pytest.fixture
+def runner_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner test's clean slate: the working folder is ``tmp_path`` and no storage URL or
+    worker index leaks in from the environment (use with ``pytest.mark.usefixtures``)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)

@@ -19,13 +19,7 @@ from evo_fpn.limits import Budgets
 from evo_fpn.samplers.evolution import parent_of
 from evo_fpn.study.config import ConfigError, config_from_mapping, load_config
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("runner_env")
 
 
 def cli(*args: str) -> int:

@@ -24,12 +24,7 @@ from evo_fpn.study import enqueue
 SPACE = NasFpnSpace()
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("runner_env")
 
 
 def write_study(folder: Path, name: str = "syn", **kw: object) -> Path:

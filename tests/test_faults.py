@@ -19,11 +19,7 @@ from run_worker import load, run, start, wait_for, write_study
 from evo_fpn import record
 from evo_fpn.study.objective import INTERRUPTED
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+pytestmark = pytest.mark.usefixtures("runner_env")
 
 
 def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -21,13 +21,7 @@ from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN
 from evo_fpn.cli.run import main
 from evo_fpn.samplers.evolution import parent_of
 
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
-    for name in ("EVO_FPN_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("runner_env")
 
 
 def url_of(tmp_path: Path, name: str = "syn") -> str:

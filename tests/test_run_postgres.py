@@ -18,13 +18,7 @@ from run_worker import load, run, start, states, wait_for, write_study
 from evo_fpn.cli.run import main
 from evo_fpn.storage.testing_pg import PgCluster, free_port
 
-pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EVO_FPN_STORAGE", raising=False)
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("runner_env")]
 
 
 def tables(url: str) -> list[str]:
