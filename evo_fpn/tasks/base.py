@@ -22,7 +22,9 @@ class Task(Protocol):
     when ``reporter.should_prune()`` says so. A task may also have ``costs(spec) -> metrics``
     (parameters, FLOPs; counted without training), which the Objective records first, and
     ``latency(spec, *, warmup, runs) -> metrics`` (``latency_ms``, ``latency_device``), which it
-    calls when the study optimises or caps latency."""
+    calls when the study optimises or caps latency, and ``cache_files() -> {kind: path}``, the
+    cache files its scores depend on, which the study stores so that every worker uses one build
+    (:mod:`evo_fpn.study.caches`)."""
 
     def prepare(self) -> Any: ...
 
