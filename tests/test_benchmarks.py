@@ -294,3 +294,55 @@ def test_references_include_bench_cells_rows_and_torchvision_fpn_at_other_repeat
     with (tmp_path / "fidelity_reference.jsonl").open("a") as f:  # its own repeats win
         f.write(json.dumps({"fingerprint": own, "arch": "torchvision_fpn", "seed": 0, "ap": 0.5}) + "\n")
     assert fid.load_references(ref)[("torchvision_fpn", 0)]["ap"] == 0.5
+
+
+def test_bench_payoff_reports_the_baselines_from_the_records_and_found_necks_from_theirs(tmp_path: Path) -> None:
+    import json as json_module
+
+    from benchmarks import bench_payoff
+
+    rows = bench_payoff.rows()
+    keys = {"arch", "found", "mode", "epochs", "ap_mean", "ap_std", "seeds", "neck_flops", "spec_hash"}
+    assert rows and all(keys <= set(r) for r in rows)
+    fpn16 = next(r for r in rows if (r["arch"], r["mode"], r["epochs"]) == ("torchvision_fpn", "reference", 16.0))
+    assert fpn16["seeds"] == 2 and round(fpn16["ap_mean"], 4) == 0.7036 and fpn16["found"] is False
+    found = tmp_path / "payoff.jsonl"
+    lines = [
+        {
+            "arch": "found-1",
+            "mode": "reference",
+            "epochs": 16,
+            "seed": s,
+            "ap": ap,
+            "neck_flops": 3.4e7,
+            "spec_hash": "ab",
+        }
+        for s, ap in ((0, 0.71), (1, 0.73), (1, 0.72))  # a seed's later record wins
+    ]
+    found.write_text("".join(json_module.dumps(x) + "\n" for x in lines))
+    (row,) = bench_payoff.found_rows(found)
+    assert row["found"] is True and row["seeds"] == 2 and abs(row["ap_mean"] - 0.715) < 1e-12
+
+
+def test_bench_payoff_exports_a_screens_compact_records(tmp_path: Path) -> None:
+    import json as json_module
+
+    import optuna
+
+    from benchmarks import bench_payoff
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="screen", storage=url, direction="maximize")
+    for i in range(3):
+        t = study.ask()
+        t.set_user_attr("spec_hash", f"h{i}")
+        t.set_user_attr("neck_flops", 1000 + i)
+        study.tell(t, 0.1 * i)
+    path = bench_payoff.export_screen(f"{url}:screen", tmp_path / "screens")
+    recs = [json_module.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["number"], r["spec_hash"], r["neck_flops"]) for r in recs] == [
+        (0, "h0", 1000),
+        (1, "h1", 1001),
+        (2, "h2", 1002),
+    ]
+    assert recs[2]["value"] == 0.2 and recs[0]["state"] == "COMPLETE"
