@@ -166,8 +166,10 @@ def seeds_figure(data: ReportData) -> go.Figure | None:
                 marker_color=figures.PALETTE[i],
             )
         )
+    top = max((float(r["ap"]) for runs in data.runs.values() for r in runs), default=0.0)
     fig.update_layout(title="End-to-end AP per seed", yaxis_title="AP", barmode="group", height=360)
-    return figures.fit_y_axis(fig)
+    fig.update_yaxes(range=[0, max(0.01, 1.15 * top)])  # bars start at 0, or their lengths mislead
+    return fig
 
 
 def report_html(data: ReportData) -> str:
