@@ -168,7 +168,7 @@ def seeds_figure(data: ReportData) -> go.Figure | None:
         )
     top = max((float(r["ap"]) for runs in data.runs.values() for r in runs), default=0.0)
     fig.update_layout(title="End-to-end AP per seed", yaxis_title="AP", barmode="group", height=360)
-    fig.update_yaxes(range=[0, max(0.01, 1.15 * top)])  # bars start at 0, or their lengths mislead
+    fig.update_yaxes(range=[0, 1.15 * top if top > 0 else 0.01])  # bars start at 0, or their lengths mislead
     return fig
 
 
