@@ -14,7 +14,7 @@ import evo_fpn
 PACKAGE = Path(evo_fpn.__file__).parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("run", "inspect", "train", "compare", "dashboard", "storage_server", "export"),  # python -m evo_fpn.X
+    ("run", "inspect", "train", "compare", "dashboard", "storage_server", "export", "search"),  # python -m evo_fpn.X
     ("cli",),  # one module per entry point
     ("viz",),  # figures and pages, read from studies
     ("study",),  # an Optuna study: configuration, objective, budget loop, workers, summary

@@ -145,8 +145,13 @@ def build_task(cfg: StudyConfig, *, progress: bool) -> objectives.Built:
 
 
 # -- validation, before the study is touched -----------------------------------------------
-def prepare(args: argparse.Namespace) -> Prepared:
-    """Validate everything the user gave (config, sampler, pruner, storage, dataset); write nothing."""
+def prepare(args: argparse.Namespace, *, build_stage: bool = True) -> Prepared:
+    """Validate everything the user gave (config, sampler, pruner, storage, dataset); write nothing.
+
+    ``build_stage=False`` stops before the task's own preparation (the dataset, the backbone
+    stage, a supernet): every setting and the stored fingerprint are checked in milliseconds,
+    so a driver of several stages (:mod:`evo_fpn.cli.search`) can refuse bad input for all of
+    them before the first one trains anything."""
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     overrides: dict[str, Any] = {
@@ -196,12 +201,13 @@ def prepare(args: argparse.Namespace) -> Prepared:
     st.check_storage(url)
     check_stored_fingerprint(url, cfg.name, fingerprint(parts), resolved)  # before any stage is built
     artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
-    log = None if args.child else (lambda msg: print(msg, file=sys.stderr))
-    fetched = adopt_study_builds(url, cfg.name, info.task, artifact_dir, log=log or (lambda _: None))
-    note = None if args.child or fetched else missing_stage_warning(url, cfg.name, info.task)
-    if note:
-        print(note, file=sys.stderr)
-    info.task.prepare()  # dataset checks (DatasetError) before anything is written
+    if build_stage:
+        log = None if args.child else (lambda msg: print(msg, file=sys.stderr))
+        fetched = adopt_study_builds(url, cfg.name, info.task, artifact_dir, log=log or (lambda _: None))
+        note = None if args.child or fetched else missing_stage_warning(url, cfg.name, info.task)
+        if note:
+            print(note, file=sys.stderr)
+        info.task.prepare()  # dataset checks (DatasetError) before anything is written
     return Prepared(
         cfg=cfg,
         url=url,
