@@ -46,9 +46,9 @@ from evo_fpn.tasks.supernet_training import (
     trained_supernet,
 )
 from evo_fpn.training.config import ProxyConfig
-from evo_fpn.training.evaluate import coco_ap
+from evo_fpn.training.evaluate import coco_ap_arrays
 from evo_fpn.training.features import FeatureStore
-from evo_fpn.training.loop import predict, recalibrate_norms, train_detector
+from evo_fpn.training.loop import predict_arrays, recalibrate_norms, train_detector
 
 __all__ = ["SupernetConfig", "SupernetTask"]  # the [supernet] table belongs to the objective
 
@@ -92,6 +92,7 @@ class SupernetTask:
         self._state: dict[str, Tensor] = {}
         self._shots: dict[str, dict[str, Tensor]] = {}
         self._nas_space = NasFpnSpace(space)
+        self._costs: dict[str, dict[str, int]] = {}  # by canonical hash: the Objective counts them too
         split = self.supernet.split
         if split and split not in self._nas_space.distributions:
             names = list(self._nas_space.distributions)
@@ -139,7 +140,16 @@ class SupernetTask:
         return self.store.backbone_build
 
     def costs(self, spec: ArchSpec | str) -> dict[str, int]:
-        return self.proxy.costs(spec)
+        """The proxy's counts, remembered for the last few architectures (the Objective asks
+        before :meth:`evaluate` does, for the same spec)."""
+        if not isinstance(spec, ArchSpec):
+            return self.proxy.costs(spec)
+        key = spec.canonical_hash()
+        if key not in self._costs:
+            if len(self._costs) >= 64:
+                self._costs.pop(next(iter(self._costs)))
+            self._costs[key] = self.proxy.costs(spec)
+        return dict(self._costs[key])
 
     def latency(self, spec: ArchSpec | str, **settings: Any) -> dict[str, Any]:
         """The architecture's latency as the proxy measures it (a property of the network, not of its weights)."""
@@ -174,9 +184,8 @@ class SupernetTask:
         recal = self.supernet.recal_batches
         recalibrate_norms(model, self.store.train, batches=recal, config=self.config, device=self.store.device)
         t1 = time.perf_counter()
-        metrics: dict[str, Any] = coco_ap(
-            self.store.val.split.coco_gt, predict(model, self.store.val, device=self.store.device, progress=False)
-        )
+        dets = predict_arrays(model, self.store.val, device=self.store.device)
+        metrics: dict[str, Any] = coco_ap_arrays(self.store.val.split.coco_gt, dets)
         t2 = time.perf_counter()
         metrics.update(costs)
         metrics.update(
