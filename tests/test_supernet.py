@@ -156,6 +156,20 @@ def test_scores_do_not_depend_on_the_order_of_trials(task: SupernetTask) -> None
     assert a == {**a, **task.costs(PUBLISHED_NASFPN)}  # the costs of the architecture trained alone
 
 
+def test_a_trial_scores_as_the_per_detection_dicts_and_pycocotools_did(task: SupernetTask) -> None:
+    """The array path (issue 31) gives the AP breakdown of the path before it, to the bit."""
+    from evo_fpn.training.evaluate import coco_ap
+    from evo_fpn.training.loop import predict
+
+    for spec in (PUBLISHED_NASFPN, FPN_LIKE):
+        metrics = task.evaluate(spec)
+        assert task.store.val is not None and task.model is not None
+        ref = coco_ap(
+            task.store.val.split.coco_gt, predict(task.model, task.store.val, device=task.store.device, progress=False)
+        )
+        assert {k: metrics[k] for k in ref} == ref
+
+
 def test_the_supernet_is_trained_once_and_keyed_by_what_its_weights_depend_on(task: SupernetTask) -> None:
     path = task.cache_path()
     assert path.is_file() and task.checkpoints == ("1", "2")
