@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from evo_fpn.tasks.proxy import PRESETS, ProxyTask
 from evo_fpn.tasks.supernet import SupernetConfig, SupernetTask
 
 SUPERNET_RECORDS = RECORDS / "supernet.jsonl"
+SPEED_RECORDS = RECORDS / "supernet_speed.jsonl"
+PREVIOUS_RECAL = 20
+"""``recal_batches`` before issue 31 (the shipped default re-estimates nothing: ``recal0`` ranked better)."""
 PROXY_SEEDS = 2
 
 LEVERS: dict[str, dict[str, Any]] = {
@@ -287,22 +291,51 @@ def speed(device: str, trials: int) -> dict[str, Any]:
     return out
 
 
-def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
+BASELINE_REF = "014ae26"
+"""The code before issue 31 (main when it was filed): ``--throughput`` runs it beside the shipped code."""
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The files of commit ``ref`` of this repository under ``into`` (``git archive``: no work tree needed)."""
+    repo = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "-C", str(repo), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def head_commit() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def throughput(
+    workers: int, trials: int, threads: int, *, code: Path | None = None, extra: Sequence[str] = (), label: str = ""
+) -> dict[str, Any]:
     """Architectures scored an hour by ``workers`` runner processes side by side, as a user runs
     them (``python -m evo_fpn.run --study screen``, each on its own SQLite study, so no storage is
     shared): from the first trial's start to the last trial's end across all of them, sampler and
-    storage included, start-up (loading the features and the supernet) excluded and reported."""
+    storage included, start-up (loading the features and the supernet) excluded and reported.
+    ``code``: a checkout to run instead of this one (the previous code path)."""
+    import os
+
     import optuna
 
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "evo_fpn.run", "--study", "screen", "--no-progress",
-               "--n-trials", str(trials), "--threads", str(threads)]  # fmt: skip
+               "--n-trials", str(trials), "--threads", str(threads), *extra]  # fmt: skip
         t0 = time.time()
         procs = [
             subprocess.Popen(
                 [*cmd, "--new-study", f"w{i}", "--storage", f"sqlite:///{tmp}/w{i}.db", "--seed", str(i + 1)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=env,
+                cwd=code,
             )  # fmt: skip
             for i in range(workers)
         ]
@@ -318,6 +351,7 @@ def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
     first = min(t.datetime_start for t in done).timestamp()
     span = max(t.datetime_complete for t in done).timestamp() - first
     per = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    evals = [t.user_attrs["eval_seconds"] for t in done]
     out = {
         "workers": workers,
         "threads": threads,
@@ -325,15 +359,48 @@ def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
         "span_seconds": span,
         "startup_seconds": first - t0,
         "trial_seconds_median": statistics.median(per),
-        "eval_seconds_median": statistics.median(t.user_attrs["eval_seconds"] for t in done),
+        "eval_seconds_median": statistics.median(evals),
+        "loop_seconds_median": statistics.median(p - e for p, e in zip(per, evals, strict=True)),
         "trials_per_hour": len(done) * 3600 / span,
+        "archs_per_hour": len({t.user_attrs.get("spec_hash") for t in done}) * 3600 / span,
+        "load": os.getloadavg()[0],
     }
     print(
-        f"{workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = {out['trials_per_hour']:.0f} "
-        f"an hour (a trial: median {out['trial_seconds_median']:.2f} s, of which evaluation "
-        f"{out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded)"
+        f"{label:<9} {workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = "
+        f"{out['trials_per_hour']:.0f} an hour (a trial: median {out['trial_seconds_median']:.2f} s, of which "
+        f"evaluation {out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded; "
+        f"load {out['load']:.1f})",
+        flush=True,
     )
     return out
+
+
+def throughput_side_by_side(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The previous code path and the shipped defaults, one after the other in this invocation
+    (then the previous again where ``--rounds 2``), so their ratio holds on a loaded machine;
+    then the profile table of one trial and the forward pass's floor."""
+    from benchmarks.supernet_profile import floor, print_profile, profile
+
+    extra = ["--preset", args.preset] if args.preset != "default" else []
+    rows: list[dict[str, Any]] = []
+    commit = head_commit()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = checkout(args.baseline, Path(tmp) / "base")
+        for _ in range(args.rounds):
+            for label, code in (("previous", base), ("shipped", None)):
+                out = throughput(args.workers, args.throughput_trials, args.threads, code=code, extra=extra,
+                                 label=label)  # fmt: skip
+                ref = args.baseline if code is not None else commit
+                rows.append({"code": label, "commit": ref, "preset": args.preset, **out})
+    mean = {k: statistics.fmean(r["trials_per_hour"] for r in rows if r["code"] == k) for k in ("previous", "shipped")}
+    print(f"shipped / previous: {mean['shipped'] / mean['previous']:.2f}x trials an hour")
+    proxy = PRESETS[args.preset]
+    new = SupernetTask(proxy, SpaceConfig(), SupernetConfig(), device="cpu", progress=False).prepare()
+    old = SupernetTask(proxy, SpaceConfig(), SupernetConfig(recal_batches=PREVIOUS_RECAL), device="cpu",
+                       progress=False, store=new.store).prepare()  # fmt: skip
+    specs = list(space_archs().values())[: args.profile_trials]
+    print_profile(profile(old, specs, legacy=True), profile(new, specs, legacy=False), floor(new, specs[0]))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput", action="store_true", help="trials an hour of runner workers side by side")
     p.add_argument("--workers", type=int, default=2, help="with --throughput: runner processes")
     p.add_argument("--throughput-trials", type=int, default=40, help="with --throughput: trials a worker")
+    p.add_argument("--baseline", default=BASELINE_REF, help="with --throughput: the previous code's commit")
+    p.add_argument("--rounds", type=int, default=1, help="with --throughput: previous + shipped runs, alternated")
+    p.add_argument("--preset", default="default", help="with --throughput: the proxy preset (quick for a smoke run)")
+    p.add_argument("--profile-trials", type=int, default=5, help="with --throughput: trials the profile times")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
@@ -363,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs = [(n, a, s) for s in range(PROXY_SEEDS) for n, a in space_archs().items()]
             run_trials(PRESETS["default"], jobs, device=args.device, path=RECORDS / "proxy_trials.jsonl")
         if args.throughput:
-            out = throughput(args.workers, args.throughput_trials, args.threads)
-            with (RECORDS / "supernet_speed.jsonl").open("a") as f:
-                f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "mode": "throughput", **out}) + "\n")
+            for out in throughput_side_by_side(args):
+                with SPEED_RECORDS.open("a") as f:
+                    f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "mode": "throughput", **out}) + "\n")
             return 0
         if args.speed:
             out = speed(args.device, args.speed_trials)
