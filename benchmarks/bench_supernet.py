@@ -51,17 +51,22 @@ PROXY_SEEDS = 2
 
 LEVERS: dict[str, dict[str, Any]] = {
     "default": {},
-    # BatchNorm statistics of each wiring: none re-estimated, or 5x more batches
+    # BatchNorm statistics of each wiring: none re-estimated (the default since issue 31), 20
+    # batches (the default before it), or 100
     "recal0": {"supernet": {"recal_batches": 0}},
+    "recal20": {"supernet": {"recal_batches": 20}},
     "recal100": {"supernet": {"recal_batches": 100}},
     # FairNAS: every choice of every decision trained equally often
-    "fair": {"supernet": {"sampling": "fair"}},
+    "fair": {"supernet": {"sampling": "fair", "recal_batches": 20}},
     # GroupNorm cells: no statistics to re-estimate (the stand-alone proxy keeps BatchNorm)
-    "group": {"proxy": {"neck_norm": "group"}},
+    "group": {"proxy": {"neck_norm": "group"}, "supernet": {"recal_batches": 20}},
     # each candidate trained alone for 50 steps (about half an epoch) from the shared weights
-    "finetune50": {"supernet": {"finetune_steps": 50}},
+    "finetune50": {"supernet": {"finetune_steps": 50, "recal_batches": 20}},
     # few-shot NAS: one sub-supernet per op of the first cell, each 8 more epochs from the default's
-    "fewshot": {"supernet": {"split": "cell0.op", "split_epochs": 8.0}},
+    "fewshot": {"supernet": {"split": "cell0.op", "split_epochs": 8.0, "recal_batches": 20}},
+    # fewer val images (a fixed subset): the fidelity of a cheaper score, and of a screen_images step
+    "val100": {"supernet": {"val_images": 100}},
+    "val150": {"supernet": {"val_images": 150}},
 }
 """Changes to the default supernet (``supernet``) or to the proxy it trains on (``proxy``)."""
 
@@ -83,13 +88,13 @@ def load_records(path: Path = SUPERNET_RECORDS) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def scoring(task: SupernetTask) -> tuple[str, int, int]:
+def scoring(task: SupernetTask) -> tuple[str, int, int, int]:
     """What a score depends on besides the checkpoint and the architecture."""
-    return (task.key(), task.supernet.recal_batches, task.supernet.finetune_steps)
+    return (task.key(), task.supernet.recal_batches, task.supernet.finetune_steps, task.supernet.val_images)
 
 
-def record_scoring(rec: dict[str, Any]) -> tuple[str, int, int]:
-    return (rec["supernet_key"], rec["recal_batches"], rec.get("finetune_steps", 0))
+def record_scoring(rec: dict[str, Any]) -> tuple[str, int, int, int]:
+    return (rec["supernet_key"], rec["recal_batches"], rec.get("finetune_steps", 0), rec.get("val_images", 0))
 
 
 def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> None:
@@ -117,6 +122,7 @@ def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> N
                     "proxy_fingerprint": task.config.fingerprint(),
                     "recal_batches": task.supernet.recal_batches,
                     "finetune_steps": task.supernet.finetune_steps,
+                    **({"val_images": task.supernet.val_images} if task.supernet.val_images else {}),
                     "checkpoint": checkpoint,
                     "supernet_seconds": task.meta["seconds"] + one_shot_seconds,
                     "supernet_threads": task.meta["threads"],
@@ -180,9 +186,10 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tasks = {lever: lever_task(lever, progress=False) for lever in LEVERS}
     current = {lever: scoring(task) for lever, task in tasks.items()}
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for r in records:
-        if current.get(r["lever"]) == record_scoring(r):
-            groups.setdefault((r["lever"], r["checkpoint"]), {})[r["arch"]] = r
+    for r in records:  # a record counts for every lever that scores as it was scored (whatever its label)
+        for lever, how in current.items():
+            if how == record_scoring(r):
+                groups.setdefault((lever, r["checkpoint"]), {})[r["arch"]] = r
     rows = []
     for (lever, checkpoint), by_arch in groups.items():
         row: dict[str, Any] = {"lever": lever, "checkpoint_epochs": float(checkpoint), "archs": len(by_arch)}
@@ -204,6 +211,26 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = list(LEVERS)
     rows.sort(key=lambda r: (order.index(r["lever"]), r["checkpoint_epochs"]))
     return rows
+
+
+def shipped_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shipped defaults in one row: the latest throughput of the shipped code (default preset
+    where recorded), the default lever's rank fidelity over the 20 and the commit measured."""
+    speed = [json.loads(line) for line in SPEED_RECORDS.read_text().splitlines() if line.strip()] if (
+        SPEED_RECORDS.is_file()) else []  # fmt: skip
+    shipped = [r for r in speed if r.get("code") == "shipped"]
+    best = [r for r in shipped if r.get("preset") == "default"] or shipped
+    latest = best[-1] if best else {}
+    default = [r for r in rows if r["lever"] == "default"]
+    return {
+        "lever": "shipped",
+        "archs_per_hour": latest.get("archs_per_hour", latest.get("trials_per_hour")),
+        "throughput_preset": latest.get("preset"),
+        "tau_proxy": default[-1]["tau_proxy"] if default else None,
+        "n_proxy": default[-1]["n_proxy"] if default else 0,
+        "commit": latest.get("commit", head_commit()),
+        "supernet": SupernetConfig().to_dict(),
+    }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -446,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         score(levers, device=args.device, path=args.records)
     rows = summarise(load_records(args.records))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([*rows, shipped_row(rows)]))
     elif args.markdown:
         print_markdown(rows)
     else:

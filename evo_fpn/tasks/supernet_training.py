@@ -58,7 +58,7 @@ class SupernetConfig:
 
     epochs: float = 48.0
     sampling: str = "uniform"
-    recal_batches: int = 20
+    recal_batches: int = 0  # 20 before issue 31: none re-estimated ranked better (tau 0.84 vs 0.77) in 2/3 the time
     seed: int = 0
     checkpoints: int = 3
     finetune_steps: int = 0
