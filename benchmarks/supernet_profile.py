@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from evo_fpn.arch.spec import ArchSpec
 from evo_fpn.tasks.supernet import SupernetTask
 from evo_fpn.training.evaluate import coco_ap_arrays
-from evo_fpn.training.loop import autocast, detections_to_coco, recalibrate_norms
+from evo_fpn.training.loop import autocast, detections_to_coco, postprocess_batch, recalibrate_norms
 
 STAGES: tuple[str, ...] = (
     "costs", "restore + wire", "BN re-estimation", "neck + head forward", "decode + NMS",
@@ -76,8 +76,9 @@ def floor(task: SupernetTask, spec: ArchSpec) -> dict[str, Any]:
     }
 
 
-def _forward(task: SupernetTask, batch_size: int) -> tuple[list[Any], float, float]:
-    """The val split through neck + head, then decoding + NMS, timed apart."""
+def _forward(task: SupernetTask, batch_size: int, legacy: bool = True) -> tuple[list[Any], float, float]:
+    """The val split through neck + head, then decoding + NMS (torchvision's, image by image,
+    or ``postprocess_batch``'s), timed apart."""
     model, data = task.model, task.store.val
     assert model is not None and data is not None
     model.eval()
@@ -92,6 +93,11 @@ def _forward(task: SupernetTask, batch_size: int) -> tuple[list[Any], float, flo
                 feats = list(model.neck(list(inputs)).values())
                 head = model.retina.head(feats)
             t1 = time.perf_counter()
+            if not legacy:
+                out.extend(postprocess_batch(model, feats, head))
+                t2 = time.perf_counter()
+                fwd, post = fwd + t1 - t, post + t2 - t1
+                continue
             image_list, anchors = model._anchors(feats)
             per_level = [x.size(2) * x.size(3) for x in feats]
             num_a = head["cls_logits"].size(1) // sum(per_level)
@@ -133,7 +139,7 @@ def profile_trial(task: SupernetTask, spec: ArchSpec, *, legacy: bool, batch_siz
         task.model, task.store.train, batches=task.supernet.recal_batches, config=task.config, device=task.store.device
     )
     s["BN re-estimation"] = time.perf_counter() - t
-    dets, s["neck + head forward"], s["decode + NMS"] = _forward(task, batch_size)
+    dets, s["neck + head forward"], s["decode + NMS"] = _forward(task, batch_size, legacy)
     gt = task.store.val.split.coco_gt
     t = time.perf_counter()
     if legacy:

@@ -170,6 +170,30 @@ def test_a_trial_scores_as_the_per_detection_dicts_and_pycocotools_did(task: Sup
         assert {k: metrics[k] for k in ref} == ref
 
 
+@pytest.mark.parametrize("score_thresh", [0.01, 0.0])  # 0.0: every candidate, topk's 1000 limit binds
+def test_batched_decoding_gives_torchvisions_detections_to_the_bit(task: SupernetTask, score_thresh: float) -> None:
+    from evo_fpn.training.loop import detect
+
+    task.evaluate(FPN_LIKE)
+    model, val = task.model, task.store.val
+    assert model is not None and val is not None
+    kept = model.retina.score_thresh
+    model.retina.score_thresh = score_thresh
+    try:
+        ours = detect(model, val, device=task.store.device, batch_size=7)
+        with torch.inference_mode():
+            ref = [
+                d
+                for s in range(0, len(val), 7)
+                for d in model.forward_features(val.batch(range(s, min(s + 7, len(val))), task.store.device)[0])
+            ]
+    finally:
+        model.retina.score_thresh = kept
+    assert len(ours) == len(ref) == len(val) and (score_thresh or sum(len(d["scores"]) for d in ref) > 0)
+    for a, b in zip(ours, ref, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+
+
 class _Pruner:
     def __init__(self, prune: bool) -> None:
         self.prune, self.reports = prune, []  # type: list[tuple[float, int]]
