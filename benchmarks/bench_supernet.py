@@ -4,8 +4,10 @@
     python -m benchmarks.bench_supernet --levers default,fair  # some levers only
     python -m benchmarks.bench_supernet --with-proxy           # also run missing stand-alone proxy seeds
     python -m benchmarks.bench_supernet --speed                # seconds a trial, interleaved with a proxy seed
-    python -m benchmarks.bench_supernet --throughput           # trials an hour: 2 runner workers side by side
+    python -m benchmarks.bench_supernet --throughput           # architectures an hour, previous code and shipped side
+                                                               # by side (2 runner workers each), the profile, the floor
     python -m benchmarks.bench_supernet --report [--json|--markdown]  # the table from the records, train nothing
+                                                               # (--json: and the "shipped" row)
 
 The architectures are the 20 of the search space among ``bench_proxy``'s (published NAS-FPN,
 FPN-like and 18 seeded random points; torchvision's FPN is not in the space). The stand-alone
