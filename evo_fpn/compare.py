@@ -3,10 +3,7 @@
 import os
 import sys
 
-# Before torch loads OpenMP: threads waiting at a barrier sleep instead of spinning, so a run
-# beside another CPU job does not burn the shared cores against it (issue 31); a user's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 from evo_fpn.cli.compare import main  # noqa: E402
 
 if __name__ == "__main__":
