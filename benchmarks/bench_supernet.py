@@ -396,7 +396,8 @@ def throughput(
     }
     print(
         f"{label:<9} {workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = "
-        f"{out['trials_per_hour']:.0f} an hour (a trial: median {out['trial_seconds_median']:.2f} s, of which "
+        f"{out['trials_per_hour']:.0f} trials ({out['archs_per_hour']:.0f} architectures) an hour "
+        f"(a trial: median {out['trial_seconds_median']:.2f} s, of which "
         f"evaluation {out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded; "
         f"load {out['load']:.1f})",
         flush=True,
@@ -422,7 +423,7 @@ def throughput_side_by_side(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ref = args.baseline if code is not None else commit
                 rows.append({"code": label, "commit": ref, "preset": args.preset, **out})
     mean = {k: statistics.fmean(r["trials_per_hour"] for r in rows if r["code"] == k) for k in ("previous", "shipped")}
-    print(f"shipped / previous: {mean['shipped'] / mean['previous']:.2f}x trials an hour")
+    print(f"shipped / previous: {mean['shipped'] / mean['previous']:.2f}x trials an hour ({args.preset} preset)")
     proxy = PRESETS[args.preset]
     new = SupernetTask(proxy, SpaceConfig(), SupernetConfig(), device="cpu", progress=False).prepare()
     old = SupernetTask(proxy, SpaceConfig(), SupernetConfig(recal_batches=PREVIOUS_RECAL), device="cpu",
