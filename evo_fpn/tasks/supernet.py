@@ -14,12 +14,13 @@ the space only, so fewer wirings compete for each copy; a trial is scored by its
 
 A trial (:meth:`SupernetTask.evaluate`) wires the shared weights as its spec, restores the
 trained state (so no trial depends on the one before), re-estimates the BatchNorm statistics
-of that wiring on training batches (as SPOS and DetNAS do; GroupNorm cells need none), and
-scores COCO AP on the val split. The supernet is trained once per (proxy configuration,
-space, supernet settings), on the cached backbone features, and cached on disk next to them
-(:func:`evo_fpn.training.cache.load_verified`: file lock, atomic write, checksum), so every worker on a machine
-shares one. Whether its ranking can be trusted is measured, never assumed:
-``python -m benchmarks.bench_supernet``.
+of that wiring on training batches if asked (as SPOS and DetNAS do; off by default: keeping the
+supernet's averages ranked better, ``benchmarks/bench_supernet.py`` lever ``recal0``), and
+scores COCO AP on the val split (optionally a fixed subset first, for a pruner). The
+supernet is trained once per (proxy configuration, space, supernet settings), on the cached
+backbone features, and cached on disk next to them (:func:`evo_fpn.training.cache.load_verified`:
+file lock, atomic write, checksum), so every worker on a machine shares one. Whether its
+ranking can be trusted is measured, never assumed: ``python -m benchmarks.bench_supernet``.
 """
 
 from __future__ import annotations
@@ -187,9 +188,11 @@ class SupernetTask:
         return self._subsets[images]
 
     def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
-        """Score ``spec`` with the shared weights: restore the trained state, wire, fine-tune
-        (if asked), re-estimate BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
-        supernet cannot wire (another cell count or level range)."""
+        """Score ``spec`` with the shared weights: restore the trained state, wire, fine-tune and
+        re-estimate BatchNorm statistics (if asked), report the AP of the first ``screen_images``
+        val images (step 0; ``optuna.TrialPruned`` if the reporter says so), evaluate COCO AP
+        (step 1). Raises :class:`TrialFailed` for a spec the supernet cannot wire (another cell
+        count or level range)."""
         self.prepare()
         assert self.model is not None and self.store.train is not None and self.store.val is not None
         if isinstance(spec, str) or not isinstance(spec, ArchSpec):
