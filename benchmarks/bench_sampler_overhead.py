@@ -175,7 +175,41 @@ def pg_copy(pg: Any, template: str, name: str) -> str:
     return str(pg.url(name))
 
 
-def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape, n_trials: int) -> dict[str, float]:
+RUNNER_METRICS: dict[str, Any] = {
+    "ap": 0.1234, "ap50": 0.25, "ap75": 0.1, "ap_small": 0.05, "ap_medium": 0.15, "neck_params": 250_000,
+    "total_params": 5_000_000, "neck_flops": 40_000_000, "total_flops": 600_000_000, "backbone_build": "0" * 16,
+    "train_seconds": 0.0, "eval_seconds": 1.0, "threads": 1,
+}  # fmt: skip
+"""A supernet trial's metrics: what the Objective writes as user attrs (``--runner``)."""
+
+
+def runner_study(url: str) -> optuna.Study:
+    """The study as ``evo_fpn.run`` opens it: heartbeats, retries, Optuna's cache over the RDB
+    storage, SQLite in WAL mode with synchronous=NORMAL (the runner's settings, not Optuna's defaults)."""
+    from evo_fpn.storage.rdb import open_storage
+    from evo_fpn.study.config import RunnerConfig
+
+    r = RunnerConfig()
+    storage = open_storage(url, heartbeat_interval=r.heartbeat_interval, grace_period=r.grace_period,
+                           max_retry=r.max_retry)  # fmt: skip
+    return optuna.load_study(study_name="bench", storage=storage)
+
+
+def objective_writes(trial: optuna.Trial, spec_json: str) -> None:
+    """The Objective's attribute writes of a supernet trial (worker, objective, spec, hash, metrics)."""
+    from evo_fpn import record
+
+    trial.set_user_attr(record.WORKER, "host:1")
+    trial.set_user_attr(record.OBJECTIVE, "supernet")
+    trial.set_user_attr(record.SPEC, spec_json)
+    trial.set_user_attr(record.SPEC_HASH, "0" * 16)
+    written = record.write_metrics(trial, {k: RUNNER_METRICS[k] for k in record.COST_METRICS})
+    record.write_metrics(trial, RUNNER_METRICS, written)
+
+
+def measure(
+    name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape, n_trials: int, runner: bool = False
+) -> dict[str, float]:
     inner = make_sampler(name, seed=0, constraints=space, **SETTINGS[name])
     timed = Timed(inner)
     study.sampler = timed
@@ -216,6 +250,8 @@ def measure(name: str, study: optuna.Study, space: NasFpnSpace, land: Landscape,
         t0 = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
+        if runner:
+            objective_writes(trial, "{}")
         study.tell(trial, land(trial.params))
         whole.append((time.perf_counter() - t0) * 1000)
         per_trial.append(timed.elapsed * 1000)
@@ -258,6 +294,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30, help="timed trials per sampler (first one reported apart)")
     ap.add_argument("--tpe-trials", type=int, default=None, help="fewer timed trials for TPE at 10k")
     ap.add_argument("--out", default=str(RESULTS / "bench_sampler_overhead.json"))
+    ap.add_argument("--runner", action="store_true", help="open SQLite/PostgreSQL as evo_fpn.run does and write the "
+                    "Objective's user attrs each trial: the whole loop of a supernet trial")  # fmt: skip
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = NasFpnSpace()
@@ -299,15 +337,16 @@ def main() -> None:
                     elif storage == "postgresql":
                         assert pg is not None
                         url = pg_copy(pg, f"template_{size}", f"{name}_{size}")
-                        study = optuna.load_study(study_name="bench", storage=url)
+                        study = runner_study(url) if args.runner else optuna.load_study(study_name="bench", storage=url)
                     else:
                         assert template is not None
                         db = tmp / f"{name}_{size}.db"
                         shutil.copy(template, db)
-                        study = optuna.load_study(study_name="bench", storage=f"sqlite:///{db}")
+                        url = f"sqlite:///{db}"
+                        study = runner_study(url) if args.runner else optuna.load_study(study_name="bench", storage=url)
                     n = args.tpe_trials if (name == "tpe" and args.tpe_trials and size >= 10000) else args.trials
-                    r = measure(name, study, space, land, n)
-                    r.update(sampler=name, storage=storage, finished=size)
+                    r = measure(name, study, space, land, n, args.runner)
+                    r.update(sampler=name, storage=storage, finished=size, runner=args.runner)
                     results.append(r)
                     print(
                         f"{storage:10s} {size:6d} {name:10s} {r['median_ms']:8.2f} {r['compute_ms_median']:8.2f} "

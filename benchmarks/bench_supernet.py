@@ -4,8 +4,10 @@
     python -m benchmarks.bench_supernet --levers default,fair  # some levers only
     python -m benchmarks.bench_supernet --with-proxy           # also run missing stand-alone proxy seeds
     python -m benchmarks.bench_supernet --speed                # seconds a trial, interleaved with a proxy seed
-    python -m benchmarks.bench_supernet --throughput           # trials an hour: 2 runner workers side by side
+    python -m benchmarks.bench_supernet --throughput           # architectures an hour, previous code and shipped side
+                                                               # by side (2 runner workers each), the profile, the floor
     python -m benchmarks.bench_supernet --report [--json|--markdown]  # the table from the records, train nothing
+                                                               # (--json: and the "shipped" row)
 
 The architectures are the 20 of the search space among ``bench_proxy``'s (published NAS-FPN,
 FPN-like and 18 seeded random points; torchvision's FPN is not in the space). The stand-alone
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +46,29 @@ from evo_fpn.tasks.proxy import PRESETS, ProxyTask
 from evo_fpn.tasks.supernet import SupernetConfig, SupernetTask
 
 SUPERNET_RECORDS = RECORDS / "supernet.jsonl"
+SPEED_RECORDS = RECORDS / "supernet_speed.jsonl"
+PREVIOUS_RECAL = 20
+"""``recal_batches`` before issue 31 (the shipped default re-estimates nothing: ``recal0`` ranked better)."""
 PROXY_SEEDS = 2
 
 LEVERS: dict[str, dict[str, Any]] = {
     "default": {},
-    # BatchNorm statistics of each wiring: none re-estimated, or 5x more batches
+    # BatchNorm statistics of each wiring: none re-estimated (the default since issue 31), 20
+    # batches (the default before it), or 100
     "recal0": {"supernet": {"recal_batches": 0}},
+    "recal20": {"supernet": {"recal_batches": 20}},
     "recal100": {"supernet": {"recal_batches": 100}},
     # FairNAS: every choice of every decision trained equally often
-    "fair": {"supernet": {"sampling": "fair"}},
+    "fair": {"supernet": {"sampling": "fair", "recal_batches": 20}},
     # GroupNorm cells: no statistics to re-estimate (the stand-alone proxy keeps BatchNorm)
-    "group": {"proxy": {"neck_norm": "group"}},
+    "group": {"proxy": {"neck_norm": "group"}, "supernet": {"recal_batches": 20}},
     # each candidate trained alone for 50 steps (about half an epoch) from the shared weights
-    "finetune50": {"supernet": {"finetune_steps": 50}},
+    "finetune50": {"supernet": {"finetune_steps": 50, "recal_batches": 20}},
     # few-shot NAS: one sub-supernet per op of the first cell, each 8 more epochs from the default's
-    "fewshot": {"supernet": {"split": "cell0.op", "split_epochs": 8.0}},
+    "fewshot": {"supernet": {"split": "cell0.op", "split_epochs": 8.0, "recal_batches": 20}},
+    # fewer val images (a fixed subset): the fidelity of a cheaper score, and of a screen_images step
+    "val100": {"supernet": {"val_images": 100}},
+    "val150": {"supernet": {"val_images": 150}},
 }
 """Changes to the default supernet (``supernet``) or to the proxy it trains on (``proxy``)."""
 
@@ -79,13 +90,13 @@ def load_records(path: Path = SUPERNET_RECORDS) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def scoring(task: SupernetTask) -> tuple[str, int, int]:
+def scoring(task: SupernetTask) -> tuple[str, int, int, int]:
     """What a score depends on besides the checkpoint and the architecture."""
-    return (task.key(), task.supernet.recal_batches, task.supernet.finetune_steps)
+    return (task.key(), task.supernet.recal_batches, task.supernet.finetune_steps, task.supernet.val_images)
 
 
-def record_scoring(rec: dict[str, Any]) -> tuple[str, int, int]:
-    return (rec["supernet_key"], rec["recal_batches"], rec.get("finetune_steps", 0))
+def record_scoring(rec: dict[str, Any]) -> tuple[str, int, int, int]:
+    return (rec["supernet_key"], rec["recal_batches"], rec.get("finetune_steps", 0), rec.get("val_images", 0))
 
 
 def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> None:
@@ -113,6 +124,7 @@ def score(levers: list[str], *, device: str, path: Path = SUPERNET_RECORDS) -> N
                     "proxy_fingerprint": task.config.fingerprint(),
                     "recal_batches": task.supernet.recal_batches,
                     "finetune_steps": task.supernet.finetune_steps,
+                    **({"val_images": task.supernet.val_images} if task.supernet.val_images else {}),
                     "checkpoint": checkpoint,
                     "supernet_seconds": task.meta["seconds"] + one_shot_seconds,
                     "supernet_threads": task.meta["threads"],
@@ -176,9 +188,10 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tasks = {lever: lever_task(lever, progress=False) for lever in LEVERS}
     current = {lever: scoring(task) for lever, task in tasks.items()}
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for r in records:
-        if current.get(r["lever"]) == record_scoring(r):
-            groups.setdefault((r["lever"], r["checkpoint"]), {})[r["arch"]] = r
+    for r in records:  # a record counts for every lever that scores as it was scored (whatever its label)
+        for lever, how in current.items():
+            if how == record_scoring(r):
+                groups.setdefault((lever, r["checkpoint"]), {})[r["arch"]] = r
     rows = []
     for (lever, checkpoint), by_arch in groups.items():
         row: dict[str, Any] = {"lever": lever, "checkpoint_epochs": float(checkpoint), "archs": len(by_arch)}
@@ -200,6 +213,26 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = list(LEVERS)
     rows.sort(key=lambda r: (order.index(r["lever"]), r["checkpoint_epochs"]))
     return rows
+
+
+def shipped_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shipped defaults in one row: the latest throughput of the shipped code (default preset
+    where recorded), the default lever's rank fidelity over the 20 and the commit measured."""
+    speed = [json.loads(line) for line in SPEED_RECORDS.read_text().splitlines() if line.strip()] if (
+        SPEED_RECORDS.is_file()) else []  # fmt: skip
+    shipped = [r for r in speed if r.get("code") == "shipped"]
+    best = [r for r in shipped if r.get("preset") == "default"] or shipped
+    latest = best[-1] if best else {}
+    default = [r for r in rows if r["lever"] == "default"]
+    return {
+        "lever": "shipped",
+        "archs_per_hour": latest.get("archs_per_hour", latest.get("trials_per_hour")),
+        "throughput_preset": latest.get("preset"),
+        "tau_proxy": default[-1]["tau_proxy"] if default else None,
+        "n_proxy": default[-1]["n_proxy"] if default else 0,
+        "commit": latest.get("commit", head_commit()),
+        "supernet": SupernetConfig().to_dict(),
+    }
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -287,22 +320,51 @@ def speed(device: str, trials: int) -> dict[str, Any]:
     return out
 
 
-def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
+BASELINE_REF = "014ae26"
+"""The code before issue 31 (main when it was filed): ``--throughput`` runs it beside the shipped code."""
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The files of commit ``ref`` of this repository under ``into`` (``git archive``: no work tree needed)."""
+    repo = Path(__file__).resolve().parents[1]
+    into.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "-C", str(repo), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return into
+
+
+def head_commit() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def throughput(
+    workers: int, trials: int, threads: int, *, code: Path | None = None, extra: Sequence[str] = (), label: str = ""
+) -> dict[str, Any]:
     """Architectures scored an hour by ``workers`` runner processes side by side, as a user runs
     them (``python -m evo_fpn.run --study screen``, each on its own SQLite study, so no storage is
     shared): from the first trial's start to the last trial's end across all of them, sampler and
-    storage included, start-up (loading the features and the supernet) excluded and reported."""
+    storage included, start-up (loading the features and the supernet) excluded and reported.
+    ``code``: a checkout to run instead of this one (the previous code path)."""
+    import os
+
     import optuna
 
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "evo_fpn.run", "--study", "screen", "--no-progress",
-               "--n-trials", str(trials), "--threads", str(threads)]  # fmt: skip
+               "--n-trials", str(trials), "--threads", str(threads), *extra]  # fmt: skip
         t0 = time.time()
         procs = [
             subprocess.Popen(
                 [*cmd, "--new-study", f"w{i}", "--storage", f"sqlite:///{tmp}/w{i}.db", "--seed", str(i + 1)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                env=env,
+                cwd=code,
             )  # fmt: skip
             for i in range(workers)
         ]
@@ -318,6 +380,7 @@ def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
     first = min(t.datetime_start for t in done).timestamp()
     span = max(t.datetime_complete for t in done).timestamp() - first
     per = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    evals = [t.user_attrs["eval_seconds"] for t in done]
     out = {
         "workers": workers,
         "threads": threads,
@@ -325,15 +388,49 @@ def throughput(workers: int, trials: int, threads: int) -> dict[str, Any]:
         "span_seconds": span,
         "startup_seconds": first - t0,
         "trial_seconds_median": statistics.median(per),
-        "eval_seconds_median": statistics.median(t.user_attrs["eval_seconds"] for t in done),
+        "eval_seconds_median": statistics.median(evals),
+        "loop_seconds_median": statistics.median(p - e for p, e in zip(per, evals, strict=True)),
         "trials_per_hour": len(done) * 3600 / span,
+        "archs_per_hour": len({t.user_attrs.get("spec_hash") for t in done}) * 3600 / span,
+        "load": os.getloadavg()[0],
     }
     print(
-        f"{workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = {out['trials_per_hour']:.0f} "
-        f"an hour (a trial: median {out['trial_seconds_median']:.2f} s, of which evaluation "
-        f"{out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded)"
+        f"{label:<9} {workers} workers x {threads} thread: {len(done)} trials in {span:.0f} s = "
+        f"{out['trials_per_hour']:.0f} trials ({out['archs_per_hour']:.0f} architectures) an hour "
+        f"(a trial: median {out['trial_seconds_median']:.2f} s, of which "
+        f"evaluation {out['eval_seconds_median']:.2f} s; start-up {out['startup_seconds']:.0f} s, excluded; "
+        f"load {out['load']:.1f})",
+        flush=True,
     )
     return out
+
+
+def throughput_side_by_side(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The previous code path and the shipped defaults, one after the other in this invocation
+    (then the previous again where ``--rounds 2``), so their ratio holds on a loaded machine;
+    then the profile table of one trial and the forward pass's floor."""
+    from benchmarks.supernet_profile import floor, print_profile, profile
+
+    extra = ["--preset", args.preset] if args.preset != "default" else []
+    rows: list[dict[str, Any]] = []
+    commit = head_commit()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = checkout(args.baseline, Path(tmp) / "base")
+        for _ in range(args.rounds):
+            for label, code in (("previous", base), ("shipped", None)):
+                out = throughput(args.workers, args.throughput_trials, args.threads, code=code, extra=extra,
+                                 label=label)  # fmt: skip
+                ref = args.baseline if code is not None else commit
+                rows.append({"code": label, "commit": ref, "preset": args.preset, **out})
+    mean = {k: statistics.fmean(r["trials_per_hour"] for r in rows if r["code"] == k) for k in ("previous", "shipped")}
+    print(f"shipped / previous: {mean['shipped'] / mean['previous']:.2f}x trials an hour ({args.preset} preset)")
+    proxy = PRESETS[args.preset]
+    new = SupernetTask(proxy, SpaceConfig(), SupernetConfig(), device="cpu", progress=False).prepare()
+    old = SupernetTask(proxy, SpaceConfig(), SupernetConfig(recal_batches=PREVIOUS_RECAL), device="cpu",
+                       progress=False, store=new.store).prepare()  # fmt: skip
+    specs = list(space_archs().values())[: args.profile_trials]
+    print_profile(profile(old, specs, legacy=True), profile(new, specs, legacy=False), floor(new, specs[0]))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--throughput", action="store_true", help="trials an hour of runner workers side by side")
     p.add_argument("--workers", type=int, default=2, help="with --throughput: runner processes")
     p.add_argument("--throughput-trials", type=int, default=40, help="with --throughput: trials a worker")
+    p.add_argument("--baseline", default=BASELINE_REF, help="with --throughput: the previous code's commit")
+    p.add_argument("--rounds", type=int, default=1, help="with --throughput: previous + shipped runs, alternated")
+    p.add_argument("--preset", default="default", help="with --throughput: the proxy preset (quick for a smoke run)")
+    p.add_argument("--profile-trials", type=int, default=5, help="with --throughput: trials the profile times")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--report", action="store_true", help="print the table from the records, train nothing")
@@ -363,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
             jobs = [(n, a, s) for s in range(PROXY_SEEDS) for n, a in space_archs().items()]
             run_trials(PRESETS["default"], jobs, device=args.device, path=RECORDS / "proxy_trials.jsonl")
         if args.throughput:
-            out = throughput(args.workers, args.throughput_trials, args.threads)
-            with (RECORDS / "supernet_speed.jsonl").open("a") as f:
-                f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "mode": "throughput", **out}) + "\n")
+            for out in throughput_side_by_side(args):
+                with SPEED_RECORDS.open("a") as f:
+                    f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), "mode": "throughput", **out}) + "\n")
             return 0
         if args.speed:
             out = speed(args.device, args.speed_trials)
@@ -375,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         score(levers, device=args.device, path=args.records)
     rows = summarise(load_records(args.records))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([*rows, shipped_row(rows)]))
     elif args.markdown:
         print_markdown(rows)
     else:

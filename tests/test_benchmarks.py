@@ -227,7 +227,7 @@ def test_supernet_report_ranks_each_lever_against_the_recorded_proxy_seeds(
             f.write(json.dumps({"fingerprint": fingerprint, "arch": n, "seed": 0, "ap": seed0[i]}) + "\n")
             if i < 5:  # the last architecture lacks seed 1: in the seed-0 column only
                 f.write(json.dumps({"fingerprint": fingerprint, "arch": n, "seed": 1, "ap": seed1[i]}) + "\n")
-    key, recal, finetune = bs.scoring(bs.lever_task("default", progress=False))
+    key, recal, finetune, _ = bs.scoring(bs.lever_task("default", progress=False))
     supernet_ap = [0.01, 0.05, 0.02, 0.04, 0.03, 0.06]
     records = tmp_path / "supernet.jsonl"
     with records.open("w") as f:
@@ -238,7 +238,11 @@ def test_supernet_report_ranks_each_lever_against_the_recorded_proxy_seeds(
             f.write(json.dumps(rec) + "\n")
             f.write(json.dumps({**rec, "recal_batches": recal + 1, "ap": 0.9}) + "\n")  # scored otherwise: not shown
     assert bs.main(["--report", "--json", "--records", str(records)]) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    rows = {r["lever"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"default", "recal0", "shipped"}  # recal0 is the default since issue 31: the same records
+    row = rows["default"]
+    assert rows["recal0"] == {**row, "lever": "recal0"}
+    assert rows["shipped"]["tau_proxy"] == row["tau_proxy"] and rows["shipped"]["commit"]
     mean = [(a + b) / 2 for a, b in zip(seed0[:5], seed1[:5], strict=True)]
     assert row["lever"] == "default" and row["archs"] == 6 and row["n_proxy"] == 5 and row["n_seed0"] == 6
     assert row["tau_proxy"] == pytest.approx(kendalltau(supernet_ap[:5], mean).statistic)

@@ -158,6 +158,85 @@ def test_scores_do_not_depend_on_the_order_of_trials(task: SupernetTask) -> None
     assert a == {**a, **task.costs(PUBLISHED_NASFPN)}  # the costs of the architecture trained alone
 
 
+def test_a_trial_scores_as_the_per_detection_dicts_and_pycocotools_did(task: SupernetTask) -> None:
+    """The array path (issue 31) gives the AP breakdown of the path before it, to the bit."""
+    from evo_fpn.training.evaluate import coco_ap
+    from evo_fpn.training.loop import predict
+
+    for spec in (PUBLISHED_NASFPN, FPN_LIKE):
+        metrics = task.evaluate(spec)
+        assert task.store.val is not None and task.model is not None
+        ref = coco_ap(
+            task.store.val.split.coco_gt, predict(task.model, task.store.val, device=task.store.device, progress=False)
+        )
+        assert {k: metrics[k] for k in ref} == ref
+
+
+@pytest.mark.parametrize("score_thresh", [0.01, 0.0])  # 0.0: every candidate, topk's 1000 limit binds
+def test_batched_decoding_gives_torchvisions_detections_to_the_bit(task: SupernetTask, score_thresh: float) -> None:
+    from evo_fpn.training.loop import detect
+
+    task.evaluate(FPN_LIKE)
+    model, val = task.model, task.store.val
+    assert model is not None and val is not None
+    kept = model.retina.score_thresh
+    model.retina.score_thresh = score_thresh
+    try:
+        ours = detect(model, val, device=task.store.device, batch_size=7)
+        with torch.inference_mode():
+            ref = [
+                d
+                for s in range(0, len(val), 7)
+                for d in model.forward_features(val.batch(range(s, min(s + 7, len(val))), task.store.device)[0])
+            ]
+    finally:
+        model.retina.score_thresh = kept
+    assert len(ours) == len(ref) == len(val) and (score_thresh or sum(len(d["scores"]) for d in ref) > 0)
+    for a, b in zip(ours, ref, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+
+
+class _Pruner:
+    def __init__(self, prune: bool) -> None:
+        self.prune, self.reports = prune, []  # type: list[tuple[float, int]]
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return self.prune
+
+
+def test_a_val_subset_and_a_screen_before_the_full_score(task: SupernetTask) -> None:
+    """val_images scores the first N val images; screen_images reports them first (step 0) and
+    stops there when the pruner says so; both stay out of the identity at 0 and of the weights' key."""
+    assert "val_images" not in SupernetConfig().to_dict() and "screen_images" not in SupernetConfig().to_dict()
+    n = len(task.store.val) // 2
+    full = task.evaluate(PUBLISHED_NASFPN)
+    sub = SupernetTask(task.config, task.space, TINY_NET.replace(val_images=n), progress=False, store=task.store)
+    assert sub.key() == task.key()
+    part = sub.prepare().evaluate(PUBLISHED_NASFPN)
+    assert len(sub.val_subset(n)) == n and len(sub.val_subset(n).split.coco_gt["images"]) == n
+    from evo_fpn.training.evaluate import coco_ap
+    from evo_fpn.training.loop import predict
+
+    ids = set(task.store.val.split.image_ids[:n])
+    dets = [
+        d for d in predict(sub.model, task.store.val, device=task.store.device, progress=False) if d["image_id"] in ids
+    ]
+    assert {k: part[k] for k in ("ap", "ap50")} == {
+        k: coco_ap(sub.val_subset(n).split.coco_gt, dets)[k] for k in ("ap", "ap50")
+    }
+    screen = SupernetTask(task.config, task.space, TINY_NET.replace(screen_images=n), progress=False, store=task.store)
+    kept = _Pruner(False)
+    assert screen.prepare().evaluate(PUBLISHED_NASFPN, kept)["ap"] == full["ap"]
+    assert kept.reports == [(part["ap"], 0), (full["ap"], 1)]
+    with pytest.raises(optuna.TrialPruned, match=f"on {n} val images"):
+        screen.evaluate(PUBLISHED_NASFPN, _Pruner(True))
+    with pytest.raises(ValueError, match="fewer"):
+        SupernetConfig(val_images=10, screen_images=10)
+
+
 def test_the_supernet_is_trained_once_and_keyed_by_what_its_weights_depend_on(task: SupernetTask) -> None:
     path = task.cache_path()
     assert path.is_file() and task.checkpoints == ("1", "2")

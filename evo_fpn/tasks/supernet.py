@@ -14,20 +14,23 @@ the space only, so fewer wirings compete for each copy; a trial is scored by its
 
 A trial (:meth:`SupernetTask.evaluate`) wires the shared weights as its spec, restores the
 trained state (so no trial depends on the one before), re-estimates the BatchNorm statistics
-of that wiring on training batches (as SPOS and DetNAS do; GroupNorm cells need none), and
-scores COCO AP on the val split. The supernet is trained once per (proxy configuration,
-space, supernet settings), on the cached backbone features, and cached on disk next to them
-(:func:`evo_fpn.training.cache.load_verified`: file lock, atomic write, checksum), so every worker on a machine
-shares one. Whether its ranking can be trusted is measured, never assumed:
-``python -m benchmarks.bench_supernet``.
+of that wiring on training batches if asked (as SPOS and DetNAS do; off by default: keeping the
+supernet's averages ranked better, ``benchmarks/bench_supernet.py`` lever ``recal0``), and
+scores COCO AP on the val split (optionally a fixed subset first, for a pruner). The
+supernet is trained once per (proxy configuration, space, supernet settings), on the cached
+backbone features, and cached on disk next to them (:func:`evo_fpn.training.cache.load_verified`:
+file lock, atomic write, checksum), so every worker on a machine shares one. Whether its
+ranking can be trusted is measured, never assumed: ``python -m benchmarks.bench_supernet``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from torch import Tensor
 
@@ -46,9 +49,9 @@ from evo_fpn.tasks.supernet_training import (
     trained_supernet,
 )
 from evo_fpn.training.config import ProxyConfig
-from evo_fpn.training.evaluate import coco_ap
+from evo_fpn.training.evaluate import coco_ap_arrays
 from evo_fpn.training.features import FeatureStore
-from evo_fpn.training.loop import predict, recalibrate_norms, train_detector
+from evo_fpn.training.loop import Inputs, predict_arrays, recalibrate_norms, train_detector
 
 __all__ = ["SupernetConfig", "SupernetTask"]  # the [supernet] table belongs to the objective
 
@@ -92,6 +95,8 @@ class SupernetTask:
         self._state: dict[str, Tensor] = {}
         self._shots: dict[str, dict[str, Tensor]] = {}
         self._nas_space = NasFpnSpace(space)
+        self._costs: dict[str, dict[str, int]] = {}
+        self._subsets: dict[int, Inputs] = {}  # by canonical hash: the Objective counts them too
         split = self.supernet.split
         if split and split not in self._nas_space.distributions:
             names = list(self._nas_space.distributions)
@@ -143,16 +148,55 @@ class SupernetTask:
         return self.store.backbone_build
 
     def costs(self, spec: ArchSpec | str) -> dict[str, int]:
-        return self.proxy.costs(spec)
+        """The proxy's counts, remembered for the last few architectures (the Objective asks
+        before :meth:`evaluate` does, for the same spec)."""
+        if not isinstance(spec, ArchSpec):
+            return self.proxy.costs(spec)
+        key = spec.canonical_hash()
+        if key not in self._costs:
+            if len(self._costs) >= 64:
+                self._costs.pop(next(iter(self._costs)))
+            self._costs[key] = self.proxy.costs(spec)
+        return dict(self._costs[key])
 
     def latency(self, spec: ArchSpec | str, **settings: Any) -> dict[str, Any]:
         """The architecture's latency as the proxy measures it (a property of the network, not of its weights)."""
         return self.proxy.latency(spec, **settings)
 
+    def val_subset(self, images: int) -> Inputs:
+        """The first ``images`` val images (0 or more than there are: all of them) with their
+        ground truth, built once per size (a fixed subset: the split's order is random)."""
+        val = self.store.val
+        assert val is not None
+        if not images or images >= len(val):
+            return val
+        if images not in self._subsets:
+            ids = set(val.split.image_ids[:images])
+            gt = val.split.coco_gt
+            sub_gt = {
+                **gt,
+                "images": [i for i in gt["images"] if i["id"] in ids],
+                "annotations": [a for a in gt["annotations"] if a["image_id"] in ids],
+            }
+            split = dataclasses.replace(
+                val.split, image_ids=val.split.image_ids[:images], files=val.split.files[:images],
+                sizes=val.split.sizes[:images], boxes=val.split.boxes[:images], labels=val.split.labels[:images],
+                coco_gt=sub_gt,
+            )  # fmt: skip
+            self._subsets[images] = Inputs(
+                split=split, scales=val.scales[:images], targets=val.targets[:images],
+                images=None if val.images is None else val.images[:images],
+                features=None if val.features is None else [f[:images] for f in val.features],
+                dataset=val.dataset,
+            )  # fmt: skip
+        return self._subsets[images]
+
     def evaluate(self, spec: ArchSpec, reporter: Reporter | None = None) -> dict[str, Any]:
-        """Score ``spec`` with the shared weights: restore the trained state, wire, fine-tune
-        (if asked), re-estimate BatchNorm statistics, evaluate COCO AP. Raises :class:`TrialFailed` for a spec the
-        supernet cannot wire (another cell count or level range)."""
+        """Score ``spec`` with the shared weights: restore the trained state, wire, fine-tune and
+        re-estimate BatchNorm statistics (if asked), report the AP of the first ``screen_images``
+        val images (step 0; ``optuna.TrialPruned`` if the reporter says so), evaluate COCO AP
+        (step 1). Raises :class:`TrialFailed` for a spec the supernet cannot wire (another cell
+        count or level range)."""
         self.prepare()
         assert self.model is not None and self.store.train is not None and self.store.val is not None
         if isinstance(spec, str) or not isinstance(spec, ArchSpec):
@@ -178,9 +222,16 @@ class SupernetTask:
         recal = self.supernet.recal_batches
         recalibrate_norms(model, self.store.train, batches=recal, config=self.config, device=self.store.device)
         t1 = time.perf_counter()
-        metrics: dict[str, Any] = coco_ap(
-            self.store.val.split.coco_gt, predict(model, self.store.val, device=self.store.device, progress=False)
-        )
+        screen = self.supernet.screen_images
+        if screen and reporter is not None and screen < len(self.store.val):
+            val = self.val_subset(screen)
+            screened = coco_ap_arrays(val.split.coco_gt, predict_arrays(model, val, device=self.store.device))
+            reporter.report(screened["ap"], 0)
+            if reporter.should_prune():
+                raise optuna.TrialPruned(f"pruned on {screen} val images with AP {screened['ap']:.4f}")
+        val = self.val_subset(self.supernet.val_images)
+        dets = predict_arrays(model, val, device=self.store.device)
+        metrics: dict[str, Any] = coco_ap_arrays(val.split.coco_gt, dets)
         t2 = time.perf_counter()
         metrics.update(costs)
         metrics.update(

@@ -238,6 +238,122 @@ def recalibrate_norms(
     return len(norms)
 
 
+def detections_to_coco(
+    data: Inputs, dets: Sequence[dict[str, Tensor]], indices: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """COCO results of torchvision detections of ``data``'s images ``indices`` (default: all, in
+    order): the dicts pycocotools reads, in original image coordinates and dataset category ids."""
+    out: list[dict[str, Any]] = []
+    split = data.split
+    for i, det in zip(range(len(dets)) if indices is None else indices, dets, strict=True):
+        sx, sy = data.scales[i]
+        boxes = det["boxes"].float().cpu().numpy() / np.array([sx, sy, sx, sy], dtype=np.float32)
+        for (x0, y0, x1, y1), score, label in zip(
+            boxes.tolist(), det["scores"].float().cpu().tolist(), det["labels"].cpu().tolist(), strict=True
+        ):
+            out.append(
+                {
+                    "image_id": split.image_ids[i],
+                    "category_id": split.label_to_cat_id(int(label)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": score,
+                }
+            )
+    return out
+
+
+def detections_to_array(data: Inputs, dets: Sequence[dict[str, Tensor]]) -> np.ndarray:
+    """The same results as :func:`detections_to_coco`, as pycocotools' ``N x 7`` array
+    ``[image_id, x, y, w, h, score, category_id]`` (float64, the same numbers to the last bit:
+    float32 boxes over float32 scales, then the width in float64), without a dict a detection."""
+    split = data.split
+    cat_of = np.asarray(split.cat_ids, dtype=np.float64)
+    rows = []
+    for i, det in enumerate(dets):
+        n = int(det["scores"].numel())
+        if not n:
+            continue
+        sx, sy = data.scales[i]
+        boxes = det["boxes"].float().cpu().numpy() / np.array([sx, sy, sx, sy], dtype=np.float32)
+        b = boxes.astype(np.float64)
+        block = np.empty((n, 7), dtype=np.float64)
+        block[:, 0] = split.image_ids[i]
+        block[:, 1:3] = b[:, :2]
+        block[:, 3:5] = b[:, 2:] - b[:, :2]
+        block[:, 5] = det["scores"].float().cpu().numpy()
+        block[:, 6] = cat_of[det["labels"].cpu().numpy()]
+        rows.append(block)
+    return np.concatenate(rows) if rows else np.zeros((0, 7), dtype=np.float64)
+
+
+def detect(model: Detector, data: Inputs, *, device: torch.device, batch_size: int = 32) -> list[dict[str, Tensor]]:
+    """torchvision's detections (boxes in input pixels, scores, labels) of every image of
+    ``data``, in order, under ``torch.inference_mode``; from cached features, decoded a batch
+    at a time (:func:`postprocess_batch`)."""
+    model.eval()
+    out: list[dict[str, Tensor]] = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            inputs, _ = data.batch(list(range(start, min(start + batch_size, len(data)))), device)
+            with autocast(device):
+                if not isinstance(inputs, list):
+                    out.extend(model(inputs))
+                    continue
+                feats = list(model.neck(list(inputs)).values())
+                head = model.retina.head(feats)
+            out.extend(postprocess_batch(model, feats, head))
+    return out
+
+
+def postprocess_batch(model: Detector, feats: list[Tensor], head: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """``RetinaNet.postprocess_detections`` for a batch of equal-sized images, a level at a time
+    for the whole batch instead of an (image, level) at a time: per image and level the
+    ``topk_candidates`` best scores over ``score_thresh``, decoded and clipped, then per image
+    class-wise NMS and the ``detections_per_img`` best. The same detections up to float
+    rounding (ties and the vector width of elementwise ops; tests/test_evaluate_arrays.py)."""
+    from torchvision.ops import boxes as box_ops
+
+    retina = model.retina
+    image_list, anchors = model._anchors(feats)
+    batch = feats[0].shape[0]
+    per_level = [x.size(2) * x.size(3) for x in feats]
+    num_a = head["cls_logits"].size(1) // sum(per_level)
+    per_level = [n * num_a for n in per_level]
+    logits = head["cls_logits"].float().split(per_level, dim=1)
+    regression = head["bbox_regression"].float().split(per_level, dim=1)
+    image_shape = image_list.image_sizes[0]
+    boxes, scores, labels, owner = [], [], [], []
+    for lg, reg, anc in zip(logits, regression, anchors[0].split(per_level), strict=True):
+        num_classes = lg.shape[-1]
+        flat = torch.sigmoid(lg).flatten(1)  # (batch, anchors x classes)
+        k = min(retina.topk_candidates, flat.shape[1])
+        top, idx = flat.masked_fill(flat <= retina.score_thresh, -1.0).topk(k, dim=1)
+        valid = top > retina.score_thresh
+        img = torch.arange(batch).unsqueeze(1).expand(-1, k)[valid]
+        idx = idx[valid]
+        anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
+        decoded = retina.box_coder.decode_single(reg[img, anchor_idx], anc[anchor_idx])
+        boxes.append(box_ops.clip_boxes_to_image(decoded, image_shape))
+        scores.append(top[valid])
+        labels.append(idx % num_classes)
+        owner.append(img)
+    # each image's candidates in torchvision's order: level by level, best first within a level
+    order = torch.sort(torch.cat(owner), stable=True).indices
+    all_boxes, all_scores, all_labels = torch.cat(boxes)[order], torch.cat(scores)[order], torch.cat(labels)[order]
+    counts = torch.bincount(torch.cat(owner), minlength=batch).tolist()
+    out = []
+    for b, s, lab in zip(all_boxes.split(counts), all_scores.split(counts), all_labels.split(counts), strict=True):
+        keep = box_ops.batched_nms(b, s, lab, retina.nms_thresh)[: retina.detections_per_img]
+        out.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
+    return out
+
+
+def predict_arrays(model: Detector, data: Inputs, *, device: torch.device, batch_size: int = 32) -> np.ndarray:
+    """:func:`predict` as one ``N x 7`` array (:func:`detections_to_array`), for
+    :func:`evo_fpn.training.evaluate.coco_ap_arrays`."""
+    return detections_to_array(data, detect(model, data, device=device, batch_size=batch_size))
+
+
 @torch.no_grad()
 def predict(
     model: Detector, data: Inputs, *, device: torch.device, batch_size: int = 32, progress: bool = True
@@ -245,24 +361,10 @@ def predict(
     """COCO-format detections (original image coordinates, dataset category ids)."""
     model.eval()
     out: list[dict[str, Any]] = []
-    split = data.split
     for start in tqdm(range(0, len(data), batch_size), desc="eval", disable=not progress, leave=False):
         idx = list(range(start, min(start + batch_size, len(data))))
         inputs, _ = data.batch(idx, device)
         with autocast(device):
             dets = model.forward_features(inputs) if isinstance(inputs, list) else model(inputs)
-        for i, det in zip(idx, dets, strict=True):
-            sx, sy = data.scales[i]
-            boxes = det["boxes"].float().cpu().numpy() / np.array([sx, sy, sx, sy], dtype=np.float32)
-            for (x0, y0, x1, y1), score, label in zip(
-                boxes.tolist(), det["scores"].float().cpu().tolist(), det["labels"].cpu().tolist(), strict=True
-            ):
-                out.append(
-                    {
-                        "image_id": split.image_ids[i],
-                        "category_id": split.label_to_cat_id(int(label)),
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "score": score,
-                    }
-                )
+        out.extend(detections_to_coco(data, dets, idx))
     return out
