@@ -16,7 +16,7 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("name", ["run", "train", "compare", "inspect", "export"])
+@pytest.mark.parametrize("name", ["run", "search", "train", "compare", "inspect", "export"])
 @pytest.mark.parametrize("user", [None, "ACTIVE"])
 def test_entry_points_wait_passively_unless_told(name: str, user: str | None) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
