@@ -7,6 +7,7 @@ lock, heartbeats, objective, user attrs) without training detectors, so mechanic
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -54,10 +55,17 @@ def write_study(
     return path
 
 
+def _sigint_default() -> None:
+    """A shell's background job (``cmd &``) starts with SIGINT ignored, which children inherit and
+    Python then never turns into KeyboardInterrupt: give the worker a terminal's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: Sequence[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [*RUN, *args, "--no-progress"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [*RUN, *args, "--no-progress"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_default,
+    )  # fmt: skip
 
 
 def run(args: Sequence[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

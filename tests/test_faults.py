@@ -50,8 +50,6 @@ def check_resumed(url: str, n_trials: int, interrupted: list[int]) -> None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    cut = [t for t in trials if t.state == TrialState.FAIL]  # the trial the full disk interrupted
-    assert len(cut) == 1 and [t.system_attrs.get("failed_trial") for t in complete].count(cut[0].number) == 1
     for number in interrupted:
         stopped = trials[number]
         assert stopped.state == TrialState.FAIL and stopped.user_attrs[record.FAIL_REASON] == INTERRUPTED

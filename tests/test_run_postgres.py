@@ -61,11 +61,11 @@ def test_a_sigkilled_worker_has_its_trial_failed_and_retried(tmp_path: Path, pg_
                 trials = load(pg_url).get_trials(deepcopy=False)
             except Exception:  # study not created yet
                 return None
-            mine = [t for t in trials if t.state == TrialState.RUNNING and "spec" in t.user_attrs]
+            mine = [t for t in trials if t.state == TrialState.RUNNING and "spec_hash" in t.user_attrs]
             return mine[0] if mine else None
 
         killed = wait_for(victim_trial, 90, "the first worker to start a trial", poll=0.1)
-        victim.send_signal(signal.SIGKILL)  # mid-trial: the trial sleeps 1 s after its spec is recorded
+        victim.send_signal(signal.SIGKILL)  # mid-trial: the trial sleeps 1 s after its spec hash is recorded
         victim.wait()
         survivor = start(["--study", "syn.toml", "--storage", pg_url, "--worker-index", "1"], tmp_path)
         out, err = survivor.communicate(timeout=180)
