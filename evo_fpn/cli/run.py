@@ -263,8 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     queued = enqueue.plan(args.enqueue, args.enqueue_top, url=p.url, space=p.space, open_storage=lambda: _storage(p))
     study, created = open_study(p, log=log)
     cfg = p.cfg
-    if p.artifact_dir is not None and publish_builds(study, p.task.task, p.artifact_dir) and not args.child:
-        log(f"stored this worker's cache files with study {cfg.name!r} in {p.artifact_dir}: joining workers use them")
     if not args.child:
         log(
             f"{'new' if created else 'resuming'} study {cfg.name!r} in {st.mask_url(p.url)}: budget {cfg.n_trials} "
@@ -276,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = busy_cpu_hint(p, threads=cfg.threads, load=os.getloadavg()[0], cores=os.cpu_count() or 1)
         if hint:
             log(hint)
+    if p.artifact_dir is not None and publish_builds(study, p.task.task, p.artifact_dir) and not args.child:
+        log(f"stored this worker's cache files with study {cfg.name!r} in {p.artifact_dir}: joining workers use them")
     if queued:
         done = enqueue.apply(study, queued, url=p.url, space=p.space)
         if not args.child:
