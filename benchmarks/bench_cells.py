@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import records_io
 from benchmarks.bench_fidelity import REFERENCES
 from benchmarks.bench_proxy import parse_shard, spec_json
 from evo_fpn.arch.spec import FPN_LIKE, PUBLISHED_NASFPN, ArchSpec
@@ -164,9 +165,7 @@ def applies(arch: str, setting: str, mode: str = "proxy") -> bool:
 
 
 def load_records(path: Path = RECORDS) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records_io.load_records(path)
 
 
 def done_keys(records: list[dict[str, Any]]) -> set[tuple[str, str, int]]:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from benchmarks import records_io
 from benchmarks.bench_fidelity import REFERENCES
 from benchmarks.bench_proxy import RECORDS, architectures, load_done, run_trials, seed_config
 from evo_fpn.arch.space import SpaceConfig
@@ -85,9 +86,7 @@ def lever_task(lever: str, device: str = "cpu", progress: bool = True) -> Supern
 
 
 def load_records(path: Path = SUPERNET_RECORDS) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records_io.load_records(path)
 
 
 def scoring(task: SupernetTask) -> tuple[str, int, int, int]:
