@@ -55,7 +55,7 @@ def write_study(
     return path
 
 
-def _sigint_default() -> None:
+def sigint_default() -> None:
     """A shell's background job (``cmd &``) starts with SIGINT ignored, which children inherit and
     Python then never turns into KeyboardInterrupt: give the worker a terminal's default back."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -64,7 +64,7 @@ def _sigint_default() -> None:
 def start(args: Sequence[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [*RUN, *args, "--no-progress"], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_sigint_default,
+        preexec_fn=sigint_default,
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from run_worker import wait_for
+from run_worker import sigint_default, wait_for
 
 from evo_fpn.arch.spec import PUBLISHED_NASFPN
 from evo_fpn.cli.search import main
@@ -201,7 +201,7 @@ def test_killed_in_a_stage_the_rerun_finishes_without_redoing_trials(tmp_path: P
     db = tmp_path / "db" / "s.db"
     url = f"sqlite:///{db}"
     proc = subprocess.Popen(_search(tmp_path, *args), cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)  # fmt: skip
     try:
         if stage == "screen":  # a few screened, one running
             wait_for(lambda: _running_in(db, "mine-screen", "COMPLETE", 3) and _running_in(db, "mine-screen"), 600,
