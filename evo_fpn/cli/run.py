@@ -17,7 +17,7 @@ concern of a run has its own module, and imports only run downwards:
 :mod:`evo_fpn.study.factories` (sampler, pruner, worker seeds), :mod:`evo_fpn.study.open` (create or
 load a study, fingerprint checks), :mod:`evo_fpn.study.budget` (the budget loop),
 :mod:`evo_fpn.study.workers` (``--workers K`` child processes) and :mod:`evo_fpn.study.summary` (progress
-line and end-of-run summary). Their public names are re-exported here.
+line and end-of-run summary).
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def prepare(args: argparse.Namespace, *, build_stage: bool = True) -> Prepared:
     check_stored_fingerprint(url, cfg.name, fingerprint(parts), resolved)  # before any stage is built
     artifact_dir = Path(args.artifacts) if args.artifacts else default_artifact_dir(st.normalise_url(url))
     if build_stage:
-        log = None if args.child else (lambda msg: print(msg, file=sys.stderr))
-        fetched = adopt_study_builds(url, cfg.name, info.task, artifact_dir, log=log or (lambda _: None))
+        log = (lambda _: None) if args.child else (lambda msg: print(msg, file=sys.stderr))
+        fetched = adopt_study_builds(url, cfg.name, info.task, artifact_dir, log=log)
         note = None if args.child or fetched else missing_stage_warning(url, cfg.name, info.task)
         if note:
             print(note, file=sys.stderr)

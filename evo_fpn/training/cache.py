@@ -82,8 +82,7 @@ def load_verified(path: Path, build: Callable[[], dict[str, Any]], *, what: str)
     if reason is None and blob is None:
         reason = "unreadable by torch.load"
     if blob is not None:
-        if not checksum_path(path).is_file():  # from before checksums: it loads, so adopt it
-            _write_text_atomically(checksum_path(path), file_digest(path))
+        recorded_digest(path)  # a file from before checksums loads, so it is adopted: record its hash
         return blob
     print(f"warning: {path}: damaged {what} ({reason}); moved aside and rebuilt", file=sys.stderr)
     with _locked(path):

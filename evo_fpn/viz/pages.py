@@ -24,7 +24,7 @@ from evo_fpn.arch.spec import ArchSpec
 from evo_fpn.samplers.evolution import mutation_of
 from evo_fpn.study.analysis import rank_key
 from evo_fpn.viz import figures
-from evo_fpn.viz.study_data import StudyData, group_by_sampler, lineage, metric
+from evo_fpn.viz.study_data import StudyData, TrialRow, group_by_sampler, lineage, metric
 
 _CSS = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 24px; color: #222; max-width: 1500px; }
@@ -209,13 +209,18 @@ def best_architectures_html(data: StudyData, *, k: int = 4) -> str:
         caption = f"#{rank} · trial {t.number} · AP {t.ap:.4f}"
         if flops is not None:
             caption += f" · {flops / 1e9:.2f} neck GFLOPs"
-        pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
-        cards.append(
-            f'<figure class="arch-card" data-trial="{t.number}">{pic}'
-            f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
-            "</figcaption></figure>"
-        )
+        cards.append(_arch_card(data, t, spec, caption))
     return '<div class="arch-row">' + "".join(cards) + "</div>"
+
+
+def _arch_card(data: StudyData, t: TrialRow, spec: ArchSpec | None, caption: str) -> str:
+    """One trial's architecture picture with its caption and spec hash."""
+    pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
+    return (
+        f'<figure class="arch-card" data-trial="{t.number}">{pic}'
+        f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
+        "</figcaption></figure>"
+    )
 
 
 def pareto_architectures_html(data: StudyData, *, k: int = 6) -> str:
@@ -232,12 +237,7 @@ def pareto_architectures_html(data: StudyData, *, k: int = 6) -> str:
         spec = data.spec(t)
         cost = record.display_value(data.cost_name, metric(t, data.cost_name) or 0.0)
         caption = f"trial {t.number} · AP {t.ap:.4f} · {cost:.4g} {label}"
-        pic = svg_img(spec, f"trial {t.number}") if spec is not None else "<p>(no spec recorded)</p>"
-        cards.append(
-            f'<figure class="arch-card" data-trial="{t.number}">{pic}'
-            f"<figcaption>{html.escape(caption)}<br><code>{html.escape(data.spec_hash(t) or '')}</code>"
-            "</figcaption></figure>"
-        )
+        cards.append(_arch_card(data, t, spec, caption))
     return '<div class="arch-row pareto">' + "".join(cards) + "</div>"
 
 
